@@ -1,0 +1,1 @@
+"""Offline evaluation: dataset layouts and anomaly-detection metrics."""

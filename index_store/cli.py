@@ -1,0 +1,126 @@
+"""patchcore-build-index: a folder of good images -> DIR/index.faiss + DIR/metadata.json.
+
+    patchcore-build-index --data ../shared/data/mvtec_ad/bottle --out indexes/bottle
+
+Exit codes: 0 built, 1 build failed (the message says why and what to do), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from index_store import store
+from index_store.build import BuildOptions, build_index
+from index_store.images import list_images
+from index_store.runtime import configure_threads
+from model.backbone import BACKBONES, check_layers
+from model.config import INDEX_KINDS, IndexConfig, PatchCoreConfig
+from model.errors import PatchCoreError
+
+log = logging.getLogger("patchcore")
+DEFAULTS = PatchCoreConfig()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that define the detector (shared with patchcore-evaluate)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--backbone", default=DEFAULTS.backbone, help=f"one of {', '.join(sorted(BACKBONES))}")
+    g.add_argument("--layers", nargs="+", help="feature layers, shallow to deep (default: the backbone's pair)")
+    g.add_argument("--random-init", action="store_true", help="seeded random weights (tests only)")
+    g.add_argument("--image-size", type=int, default=DEFAULTS.image_size, help="resize to SIZE x SIZE")
+    g.add_argument("--crop-size", type=int, default=0, help="centre crop after resizing (0: none)")
+    g.add_argument("--patch-size", type=int, default=DEFAULTS.patch_size, help="local neighbourhood p x p")
+    g.add_argument("--aggregation", choices=("concat", "pool"), default=DEFAULTS.aggregation)
+    g.add_argument("--embedding-dim", type=int, help="target dimension for --aggregation pool")
+    g.add_argument("--coreset-ratio", type=float, default=DEFAULTS.coreset_ratio)
+    g.add_argument("--projection-dim", type=int, default=DEFAULTS.projection_dim, help="0: no projection")
+    g.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    g.add_argument("--reweight", action="store_true", help="paper eq. 7 image-score re-weighting")
+    g.add_argument("--num-neighbors", type=int, default=DEFAULTS.num_neighbors, help="b of eq. 7")
+    i = parser.add_argument_group("index")
+    i.add_argument("--index-type", choices=INDEX_KINDS, default="flat")
+    for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m", "pq_nbits"):
+        i.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(IndexConfig(), name))
+
+
+def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
+    layers = tuple(args.layers) if args.layers else _default_layers(args.backbone)
+    index = IndexConfig(
+        kind=args.index_type, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
+        ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m, pq_nbits=args.pq_nbits,
+    )
+    config = PatchCoreConfig(
+        backbone=args.backbone, layers=layers, pretrained=not args.random_init, image_size=args.image_size,
+        crop_size=args.crop_size or None, patch_size=args.patch_size, aggregation=args.aggregation,
+        embedding_dim=args.embedding_dim, coreset_ratio=args.coreset_ratio,
+        projection_dim=args.projection_dim or None, seed=args.seed, reweight=args.reweight,
+        num_neighbors=args.num_neighbors, index=index,
+    )
+    check_layers(config)  # fail fast, before any image is read
+    return config
+
+
+def _default_layers(backbone: str) -> tuple[str, ...]:
+    return DEFAULTS.layers if backbone == "mobilenet_v2" else ("layer2", "layer3")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="patchcore-build-index", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder of good images, or an MVTec category root")
+    parser.add_argument("--out", type=Path, required=True, help="index folder to write")
+    parser.add_argument("--name", help="index name (default: the --out folder's name)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch/OpenMP/FAISS threads (default: all cores)")
+    parser.add_argument("--calibration-data", type=Path, help="folder of good images used only for the threshold")
+    parser.add_argument("--holdout-fraction", type=float, default=0.1, help="good images held out to calibrate")
+    parser.add_argument("--target-fpr", type=float, default=0.01, help="expected false-positive rate on good parts")
+    parser.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
+    parser.add_argument("--max-chunk-patches", type=int, default=2_000_000, help="embedding buffer rows")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    add_model_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        if args.out.exists() and not args.force:
+            raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
+        config = config_from_args(args)
+        configure_threads(args.threads)
+        paths = list_images(args.data)
+        if not paths:
+            raise store.IndexStoreError(f"no PNG/JPEG/BMP/TIFF images found under {args.data}; check the path")
+        calibration = tuple(list_images(args.calibration_data)) if args.calibration_data else ()
+        options = BuildOptions(
+            name=args.name or args.out.name, device=args.device, batch_size=args.batch_size,
+            holdout_fraction=args.holdout_fraction, calibration_paths=calibration, target_fpr=args.target_fpr,
+            strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
+        )
+        log.info("building %s from %d images under %s", options.name, len(paths), args.data)
+        result = build_index(paths, config, options, root=args.data)
+        metadata = store.save(args.out, result.index, result.metadata, force=args.force)
+    except (PatchCoreError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    summary = {
+        "out": str(args.out), "bank_size": metadata.bank_size, "patches_seen": metadata.n_patches_seen,
+        "coreset": metadata.coreset_method, "threshold": round(metadata.calibration.threshold, 4),
+        "images": metadata.provenance.n_train_images, "calibration_images": metadata.provenance.n_calibration_images,
+        "skipped": metadata.provenance.n_skipped, "stage_seconds": metadata.provenance.stage_seconds,
+        "build_seconds": metadata.provenance.build_seconds, "peak_rss_mb": metadata.provenance.peak_rss_mb,
+    }
+    print(json.dumps(summary) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in summary.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

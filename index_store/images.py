@@ -1,0 +1,114 @@
+"""Finding and decoding images safely: files or uploaded bytes -> (H, W, 3) uint8 RGB arrays.
+
+One decoder for the builder and the server, so both see identical pixels: EXIF orientation applied, every PIL
+mode (L, LA, P, RGBA, CMYK, 16-bit, float) mapped to 8-bit RGB, and a pixel cap checked from the header before
+anything is decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+class ImageDecodeError(InputError):
+    """The bytes are not a decodable image (or exceed the pixel cap); the message says which and why."""
+
+
+def list_images(root: Path) -> list[Path]:
+    """Good training images under root, recursively, sorted. An MVTec-style category root means its train/good."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageDecodeError(f"{root} is not a folder; pass a folder of good images or an MVTec category root")
+    if (root / "train" / "good").is_dir():
+        root = root / "train" / "good"
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _to_rgb8(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Image file bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied."""
+    if not data:
+        raise ImageDecodeError(f"{name} is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
+                    "downscale it before sending, or raise the pixel limit"
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb8(img)
+    except ImageDecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"{name} is not a supported image ({exc}); send PNG, JPEG, BMP or TIFF") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"{name} could not be decoded, it may be truncated or corrupt ({exc})") from exc
+
+
+def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """Decode a file; also returns the sha256 of its bytes (for the dataset fingerprint)."""
+    data = Path(path).read_bytes()
+    return decode_image(data, max_pixels, name=str(path)), hashlib.sha256(data).hexdigest()
+
+
+def iter_images(
+    paths: list[Path], workers: int = 2, prefetch: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Iterator[tuple[Path, np.ndarray | None, str, ImageDecodeError | None]]:
+    """Decode files in order on a thread pool (PIL releases the GIL), at most `prefetch` ahead of the consumer,
+    so memory stays bounded however many images there are. Yields (path, image or None, sha256, error or None)."""
+
+    def work(path: Path) -> tuple[Path, np.ndarray | None, str, ImageDecodeError | None]:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return path, None, "", ImageDecodeError(f"{path} cannot be read ({exc})")
+        digest = hashlib.sha256(data).hexdigest()
+        try:
+            return path, decode_image(data, max_pixels, name=str(path)), digest, None
+        except ImageDecodeError as exc:
+            return path, None, digest, exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending: deque[Future] = deque()
+        queue = iter(paths)
+        for path in queue:
+            pending.append(pool.submit(work, path))
+            if len(pending) >= prefetch:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append(pool.submit(work, nxt))
+            yield result

@@ -1,0 +1,95 @@
+"""The index metadata: one frozen, versioned record, stored as plain JSON next to index.faiss.
+
+It embeds the whole model config, so whoever loads the index rebuilds exactly the extractor the builder used.
+Any change in the meaning of a field bumps SCHEMA_VERSION; loading refuses other versions with a fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from model.config import PatchCoreConfig
+from model.scoring import Calibration
+
+SCHEMA_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """metadata.json is missing, unreadable or inconsistent; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    package_version: str
+    torch_version: str
+    torchvision_version: str
+    faiss_version: str
+    numpy_version: str
+    dataset_fingerprint: str  # sha256 over the sorted (relative path, sha256 of bytes) of every image read
+    n_images: int  # good images found
+    n_skipped: int  # unreadable files skipped
+    n_train_images: int  # images whose patches fed the memory bank
+    n_calibration_images: int
+    calibration_source: str  # "holdout" or the --calibration-data folder
+    built_at: str  # ISO 8601 UTC
+    build_seconds: float
+    peak_rss_mb: float
+    stage_seconds: dict[str, float]
+
+
+@dataclass(frozen=True)
+class IndexMetadata:
+    schema_version: int
+    name: str
+    config: PatchCoreConfig
+    embedding_dim: int
+    grid: tuple[int, int]  # (h, w) patch grid per image
+    bank_size: int  # vectors in the memory bank == index.ntotal
+    n_patches_seen: int  # patch embeddings the coreset chose from
+    coreset_method: str  # "single-pass" or "hierarchical(chunks=N)"
+    index_sha256: str
+    calibration: Calibration
+    provenance: Provenance
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["config"] = self.config.to_dict()
+        data["calibration"] = self.calibration.to_dict()
+        data["grid"] = list(self.grid)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "metadata.json") -> IndexMetadata:
+        try:
+            data: dict[str, Any] = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise MetadataError(f"{source} is not valid JSON ({exc}); rebuild the index with patchcore-build-index") from exc
+        if not isinstance(data, dict):
+            raise MetadataError(f"{source} must hold a JSON object; rebuild the index with patchcore-build-index")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise MetadataError(
+                f"{source} has schema_version {version!r}, this software reads {SCHEMA_VERSION}: rebuild the index "
+                "with this version's patchcore-build-index, or install the version that built it"
+            )
+        try:
+            return cls(
+                schema_version=version,
+                name=str(data["name"]),
+                config=PatchCoreConfig.from_dict(data["config"]),
+                embedding_dim=int(data["embedding_dim"]),
+                grid=(int(data["grid"][0]), int(data["grid"][1])),
+                bank_size=int(data["bank_size"]),
+                n_patches_seen=int(data["n_patches_seen"]),
+                coreset_method=str(data["coreset_method"]),
+                index_sha256=str(data["index_sha256"]),
+                calibration=Calibration.from_dict(data["calibration"]),
+                provenance=Provenance(**data["provenance"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise MetadataError(
+                f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); rebuild the index with "
+                "patchcore-build-index"
+            ) from exc

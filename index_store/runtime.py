@@ -1,0 +1,35 @@
+"""Process-wide runtime settings, decided in one place: thread counts and memory readings.
+
+Called once at process start by the CLIs and the server's lifespan, never inside a constructor.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(threads: int | None) -> int:
+    """Give torch (intra-op), OpenMP and FAISS the same thread count (default: the usable cores)."""
+    import faiss
+    import torch
+
+    n = int(threads) if threads else default_threads()
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {threads}")
+    os.environ["OMP_NUM_THREADS"] = str(n)  # for OpenMP runtimes not yet started (child processes too)
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    return n
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

@@ -1,0 +1,141 @@
+"""The one frozen configuration that defines a detector.
+
+It travels inside the index metadata (nanoGPT keeps its model args in the checkpoint the same way), so the server
+rebuilds exactly the extractor, aggregation and scoring the builder used. Every field is validated on creation:
+a bad value raises ``ConfigError`` naming the valid choices, and ``from_dict`` refuses unknown keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.errors import ConfigError
+
+INDEX_KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
+AGGREGATIONS = ("concat", "pool")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Which FAISS index holds the memory bank, and its parameters.
+
+    flat:     exact search (IndexFlatL2). Default; best for banks up to a few hundred thousand vectors.
+    ivf_flat: inverted lists over k-means cells; `nlist` cells, `nprobe` visited per query. Exact vectors.
+    hnsw:     graph search (IndexHNSWFlat); `hnsw_m` links per node, `ef_construction`, `ef_search`.
+    ivf_pq:   inverted lists with product-quantised vectors (`pq_m` sub-quantisers of `pq_nbits` bits). Smallest.
+    """
+
+    kind: str = "flat"
+    nlist: int = 1024
+    nprobe: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 64
+    ef_search: int = 32
+    pq_m: int = 16
+    pq_nbits: int = 8
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise ConfigError(f"unknown index kind {self.kind!r}; choose one of {', '.join(INDEX_KINDS)}")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"index.{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.pq_nbits <= 16:
+            raise ConfigError(f"index.pq_nbits must be in 1..16, got {self.pq_nbits}")
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    """Everything that defines a PatchCore detector (Roth et al., CVPR 2022)."""
+
+    backbone: str = "mobilenet_v2"
+    # Feature layers, shallow to deep; deeper maps are resized to the first one's grid.
+    layers: tuple[str, ...] = ("features.6", "features.13")
+    # False builds the backbone with seeded random weights (tests only: the scores mean nothing).
+    pretrained: bool = True
+    # Pre-processing: resize the whole image to image_size x image_size, then centre-crop crop_size
+    # (None: no crop, the whole picture is inspected). The paper uses 256 -> 224.
+    image_size: int = 256
+    crop_size: int | None = None
+    # Local neighbourhood aggregation f_agg (paper eq. 2): patch_size x patch_size average.
+    patch_size: int = 3
+    # "concat": channels of all layers side by side. "pool": each layer adaptively pooled to embedding_dim,
+    # then averaged over layers (the official code's pre-projection), which weighs layers equally.
+    aggregation: str = "concat"
+    embedding_dim: int | None = None
+    # Greedy coreset (paper section 3.2): fraction of patch embeddings kept in the memory bank, computed on a
+    # seeded random projection to projection_dim dimensions (None or >= embedding dim: no projection).
+    coreset_ratio: float = 0.1
+    projection_dim: int | None = 128
+    seed: int = 0
+    # Image score: max patch score s*, optionally re-weighted by paper eq. 7 over num_neighbors bank neighbours.
+    reweight: bool = False
+    num_neighbors: int = 9
+    # Anomaly map: bilinear upsampling to the crop, then Gaussian blur (paper: sigma = 4).
+    blur_sigma: float = 4.0
+    index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers or not all(isinstance(x, str) and x for x in self.layers):
+            raise ConfigError(f"layers must be a non-empty list of layer names, got {self.layers!r}")
+        if len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"layers must not repeat, got {self.layers!r}")
+        if self.image_size < 32:
+            raise ConfigError(f"image_size must be >= 32, got {self.image_size}")
+        if self.crop_size is not None and not 32 <= self.crop_size <= self.image_size:
+            raise ConfigError(
+                f"crop_size must be between 32 and image_size ({self.image_size}), got {self.crop_size}; "
+                "use None for no crop"
+            )
+        if self.patch_size < 1 or self.patch_size % 2 == 0:
+            raise ConfigError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+        if self.aggregation == "pool" and (self.embedding_dim is None or self.embedding_dim < 1):
+            raise ConfigError("aggregation 'pool' needs embedding_dim >= 1")
+        if self.aggregation == "concat" and self.embedding_dim is not None:
+            raise ConfigError("embedding_dim applies to aggregation 'pool' only; leave it unset for 'concat'")
+        if not 0.0 < self.coreset_ratio <= 1.0:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ConfigError(f"projection_dim must be >= 1 or None, got {self.projection_dim}")
+        if self.num_neighbors < 1:
+            raise ConfigError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
+        if self.blur_sigma < 0:
+            raise ConfigError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if isinstance(self.index, dict):
+            object.__setattr__(self, "index", IndexConfig(**self.index))
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square tensor the backbone sees."""
+        return self.crop_size if self.crop_size is not None else self.image_size
+
+    def replace(self, **changes: Any) -> PatchCoreConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["layers"] = list(self.layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PatchCoreConfig:
+        data = dict(data)
+        _refuse_unknown(cls, data, "model config")
+        index = data.pop("index", {}) or {}
+        _refuse_unknown(IndexConfig, index, "index config")
+        if "layers" in data:
+            data["layers"] = tuple(data["layers"])
+        return cls(index=IndexConfig(**index), **data)
+
+
+def _refuse_unknown(cls: type, data: dict[str, Any], what: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {unknown}; valid keys are {sorted(known)}")

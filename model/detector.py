@@ -1,0 +1,130 @@
+"""The detector: patch embedder + memory-bank index + calibration -> scores, decisions and anomaly maps.
+
+    detector.score_batch(images)   -> [ImageScore]   image score, normalised score, decision, patch scores
+    detector.anomaly_map(score)    -> (H, W) map on the original picture
+    detector.predict(image)        -> Prediction     both of the above
+It holds no per-request state, so one instance serves concurrent callers. Loading from disk is index_store's job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from model import heatmap, knn, scoring
+from model.config import PatchCoreConfig
+from model.errors import InputError
+from model.features import PatchEmbedder, check_image, preprocess
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    image_score: float  # raw: L2 distance of the most anomalous patch to the memory bank (re-weighted if set)
+    normalised_score: float  # 0.5 at the threshold
+    is_anomalous: bool
+    threshold: float
+    patch_scores: np.ndarray  # (h, w) float32, L2 distances
+    image_hw: tuple[int, int]  # (H, W) of the picture that was scored
+    timings_ms: dict[str, float] = field(default_factory=dict)  # this image's share of the batch's stages
+
+
+@dataclass(frozen=True)
+class Prediction(ImageScore):
+    anomaly_map: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # (H, W) float32
+
+
+class Detector:
+    def __init__(
+        self,
+        config: PatchCoreConfig,
+        embedder: PatchEmbedder,
+        index: faiss.Index,
+        calibration: scoring.Calibration,
+    ) -> None:
+        if index.d != embedder.dim:
+            raise InputError(f"index dimension {index.d} != embedding dimension {embedder.dim} of {config.backbone}")
+        self.config = config
+        self.embedder = embedder
+        self.index = index
+        self.calibration = calibration
+
+    def patch_scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, h, w, D) -> (patch scores (B, h, w), nearest bank ids (B, h*w))."""
+        b, h, w, d = embeddings.shape
+        sq, ids = knn.search(self.index, embeddings.reshape(-1, d), k=1)  # (B*h*w, 1) squared L2
+        return scoring.patch_scores(sq[:, 0], b, (h, w)), ids[:, 0].reshape(b, h * w)
+
+    def image_scores(self, embeddings: np.ndarray, scores: np.ndarray, nn_ids: np.ndarray) -> np.ndarray:
+        """s* per image, or the paper's re-weighted score (eq. 7) when config.reweight is set."""
+        s_star = scoring.image_scores(scores)
+        if not self.config.reweight:
+            return s_star
+        b = embeddings.shape[0]
+        flat = embeddings.reshape(b, -1, embeddings.shape[-1])  # (B, h*w, D)
+        worst = scores.reshape(b, -1).argmax(axis=1)  # index of m_test* in each image
+        m_star = knn.reconstruct(self.index, nn_ids[np.arange(b), worst])  # (B, D) nearest bank vectors m*
+        k = min(self.config.num_neighbors, self.index.ntotal)
+        _, support = knn.search(self.index, m_star, k=k)  # N_b(m*), (B, k)
+        out = np.empty(b, dtype=np.float32)
+        for i in range(b):
+            neighbours = knn.reconstruct(self.index, support[i])  # (k, D)
+            dists = np.linalg.norm(neighbours - flat[i, worst[i]], axis=1)
+            out[i] = scoring.reweight(float(s_star[i]), dists)
+        return out
+
+    def score_batch(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
+        """Score (H_i, W_i, 3) uint8 RGB images in one backbone pass."""
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        batch = preprocess(images, self.config)
+        t1 = time.perf_counter()
+        embeddings = self.embedder.embed_tensor(batch)
+        t2 = time.perf_counter()
+        scores, nn_ids = self.patch_scores(embeddings)
+        t3 = time.perf_counter()
+        raw = self.image_scores(embeddings, scores, nn_ids)
+        normalised = scoring.normalise(raw, self.calibration)
+        t4 = time.perf_counter()
+        n = len(images)
+        timings = {
+            "preprocess": (t1 - t0) * 1e3 / n,
+            "backbone": (t2 - t1) * 1e3 / n,
+            "search": (t3 - t2) * 1e3 / n,
+            "score": (t4 - t3) * 1e3 / n,
+        }
+        return [
+            ImageScore(
+                image_score=float(raw[i]),
+                normalised_score=float(normalised[i]),
+                is_anomalous=scoring.is_anomalous(float(raw[i]), self.calibration),
+                threshold=self.calibration.threshold,
+                patch_scores=scores[i],
+                image_hw=(int(images[i].shape[0]), int(images[i].shape[1])),
+                timings_ms=dict(timings),
+            )
+            for i in range(n)
+        ]
+
+    def score(self, image: np.ndarray) -> ImageScore:
+        return self.score_batch([check_image(image)])[0]
+
+    def anomaly_map(self, score: ImageScore) -> np.ndarray:
+        """(H, W) float32 anomaly map of a scored image, in patch-score units, on its original pixel grid."""
+        return heatmap.anomaly_map(score.patch_scores, score.image_hw, self.config)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        out = []
+        for s in self.score_batch(images):
+            t0 = time.perf_counter()
+            amap = self.anomaly_map(s)
+            timings = {**s.timings_ms, "map": (time.perf_counter() - t0) * 1e3}
+            out.append(Prediction(**{**s.__dict__, "timings_ms": timings}, anomaly_map=amap))
+        return out
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        return self.predict_batch([check_image(image)])[0]

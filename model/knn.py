@@ -1,0 +1,84 @@
+"""The thin FAISS wrapper: float32 contiguous in, batched search, squared L2 distances out.
+
+Every index type here (IndexFlatL2, IndexIVFFlat, IndexHNSWFlat, IndexIVFPQ) uses the L2 metric and returns
+**squared** L2 distances; callers take the square root for PatchCore's patch scores.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from model.config import IndexConfig
+from model.errors import ConfigError
+
+# FAISS warns below 39 training points per IVF cell; we size nlist so that never happens.
+MIN_POINTS_PER_CELL = 39
+SEARCH_BATCH = 16384
+
+
+def as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def effective_nlist(config: IndexConfig, n_bank: int) -> int:
+    return max(1, min(config.nlist, n_bank // MIN_POINTS_PER_CELL))
+
+
+def build_index(bank: np.ndarray, config: IndexConfig, seed: int) -> faiss.Index:
+    """Train (where needed) and fill an index with the memory bank (M, D)."""
+    bank = as_f32(bank)
+    n, dim = bank.shape
+    if config.kind == "flat":
+        index = faiss.IndexFlatL2(dim)
+    elif config.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m)
+        index.hnsw.efConstruction = config.ef_construction
+    else:
+        nlist = effective_nlist(config, n)
+        quantizer = faiss.IndexFlatL2(dim)
+        if config.kind == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+        else:
+            if dim % config.pq_m:
+                raise ConfigError(f"index.pq_m={config.pq_m} must divide the embedding dimension {dim}")
+            if n < MIN_POINTS_PER_CELL * (1 << config.pq_nbits):
+                raise ConfigError(
+                    f"ivf_pq with pq_nbits={config.pq_nbits} needs >= {MIN_POINTS_PER_CELL << config.pq_nbits} bank "
+                    f"vectors to train, got {n}; lower pq_nbits or use flat/ivf_flat"
+                )
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, config.pq_m, config.pq_nbits)
+        index.cp.seed = seed  # seeded k-means: the same bank gives the same index
+        index.train(bank)
+    index.add(bank)
+    configure_search(index, config)
+    return index
+
+
+def configure_search(index: faiss.Index, config: IndexConfig) -> None:
+    """Set the search-time parameters, which the config (not the index file) is the source of truth for."""
+    if config.kind in ("ivf_flat", "ivf_pq"):
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = min(config.nprobe, ivf.nlist)
+    elif config.kind == "hnsw":
+        index.hnsw.efSearch = config.ef_search
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest bank vectors of each query: (sq_dists (n, k) float32 squared L2, ids (n, k) int64)."""
+    queries = as_f32(queries)
+    n = queries.shape[0]
+    sq_dists = np.empty((n, k), dtype=np.float32)
+    ids = np.empty((n, k), dtype=np.int64)
+    for lo in range(0, n, SEARCH_BATCH):
+        hi = min(n, lo + SEARCH_BATCH)
+        sq_dists[lo:hi], ids[lo:hi] = index.search(queries[lo:hi], k)
+    return sq_dists, ids
+
+
+def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
+    """Bank vectors (n, D) by id (exact for flat/HNSW/IVF-Flat, the PQ approximation for IVF-PQ)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
+    if isinstance(index, (faiss.IndexIVF,)) or hasattr(index, "invlists"):
+        faiss.extract_index_ivf(index).make_direct_map()
+    return np.stack([index.reconstruct(int(i)) for i in ids]) if ids.size else np.empty((0, index.d), np.float32)
