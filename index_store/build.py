@@ -80,9 +80,13 @@ class _Stages:
 
 
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Seeded split of the good images into (bank images, calibration images)."""
+    """Seeded split of the good images into (bank images, calibration images).
+
+    Holds out `fraction` of them, but at least min(5, n // 3) and never fewer than 2: a threshold from one or two
+    scores is mostly noise.
+    """
     n = len(paths)
-    n_hold = max(2, int(round(fraction * n)))
+    n_hold = max(2, int(round(fraction * n)), min(5, n // 3))
     if n - n_hold < 1:
         raise BuildError(
             f"only {n} good images: need at least {n_hold + 1} to hold {n_hold} out for calibration; add images "

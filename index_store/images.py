@@ -28,6 +28,10 @@ class ImageDecodeError(InputError):
     """The bytes are not a decodable image (or exceed the pixel cap); the message says which and why."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image has more pixels than the cap allows (or PIL's own decompression-bomb limit)."""
+
+
 def list_images(root: Path) -> list[Path]:
     """Good training images under root, recursively, sorted. An MVTec-style category root means its train/good."""
     root = Path(root)
@@ -61,7 +65,7 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name:
             img = Image.open(io.BytesIO(data))
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
                     "downscale it before sending, or raise the pixel limit"
                 )
@@ -70,7 +74,9 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name:
             return _to_rgb8(img)
     except ImageDecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"{name} has too many pixels ({exc}); downscale it before sending") from exc
+    except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{name} is not a supported image ({exc}); send PNG, JPEG, BMP or TIFF") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name} could not be decoded, it may be truncated or corrupt ({exc})") from exc

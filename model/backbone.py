@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import hub, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -76,11 +76,9 @@ def _load_model(config: PatchCoreConfig, spec: BackboneSpec) -> nn.Module:
     try:
         return spec.build(weights=spec.weights)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
-        import torch.hub
-
         raise BackboneError(
             f"cannot load the pretrained {config.backbone} weights ({spec.weights}): {exc}. Offline, put "
-            f"{spec.weights.url.rsplit('/', 1)[-1]} into {torch.hub.get_dir()}/checkpoints "
+            f"{spec.weights.url.rsplit('/', 1)[-1]} into {hub.get_dir()}/checkpoints "
             "(for mobilenet_v2: run `patchcore-fetch-weights`)"
         ) from exc
 

@@ -1,8 +1,10 @@
 """Patch scores -> image score, the paper's re-weighting (eq. 7), and calibration of a threshold on good images.
 
-Calibration uses good images only (users have nothing else): the image scores of held-out good images give the
-nominal mean and spread, and the threshold is the score that a normal fit of them exceeds with probability
-``target_fpr`` (the expected false-positive rate on good parts). The normalised score is a logistic of the
+Calibration uses good images only (users have nothing else): the image scores of n held-out good images give the
+nominal mean and spread, and the threshold is the one-sided (1 - target_fpr) Student-t PREDICTION bound for the
+score of a new good image: mean + t_(n-1) * std * sqrt(1 + 1/n). Under a normal model of good-image scores, a new
+good part exceeds it with probability ``target_fpr`` (the expected false-positive rate), and the t factor makes the
+threshold honestly wider when only a few good images were held out. The normalised score is a logistic of the
 standardised distance to that threshold, so it reads 0.5 exactly at the threshold, rises towards 1 for anomalies and
 falls towards 0 for typical good parts. Nothing is ever min-max scaled on test data.
 """
@@ -11,10 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+from scipy.stats import t as student_t
 
 from model.errors import ConfigError
 
@@ -64,7 +66,7 @@ class Calibration:
 
 
 def calibrate(nominal_scores: np.ndarray, target_fpr: float = 0.01) -> Calibration:
-    """Threshold = mean + z_(1 - target_fpr) * std of the good-image scores (a normal fit)."""
+    """Threshold = mean + t_(n-1, 1 - target_fpr) * std * sqrt(1 + 1/n) of n good-image scores."""
     s = np.asarray(nominal_scores, dtype=np.float64).ravel()
     if s.size < 2:
         raise ConfigError(f"calibration needs the scores of at least 2 good images, got {s.size}")
@@ -72,10 +74,10 @@ def calibrate(nominal_scores: np.ndarray, target_fpr: float = 0.01) -> Calibrati
         raise ConfigError(f"target_fpr must be in (0, 0.5), got {target_fpr}")
     mean, std = float(s.mean()), float(s.std(ddof=1))
     std = max(std, 1e-6 * max(abs(mean), 1.0))  # identical scores: keep the logistic finite
-    z = NormalDist().inv_cdf(1.0 - target_fpr)
+    factor = float(student_t.ppf(1.0 - target_fpr, df=s.size - 1)) * math.sqrt(1.0 + 1.0 / s.size)
     q = np.quantile(s, [0.5, 0.95, 0.99])
     return Calibration(
-        threshold=mean + z * std, mean=mean, std=std, target_fpr=target_fpr, n_images=int(s.size),
+        threshold=mean + factor * std, mean=mean, std=std, target_fpr=target_fpr, n_images=int(s.size),
         min=float(s.min()), max=float(s.max()), p50=float(q[0]), p95=float(q[1]), p99=float(q[2]),
     )
 
@@ -87,4 +89,4 @@ def normalise(scores: np.ndarray | float, calibration: Calibration) -> np.ndarra
 
 
 def is_anomalous(score: float, calibration: Calibration) -> bool:
-    return bool(score >= calibration.threshold) and math.isfinite(score)
+    return bool(score >= calibration.threshold)

@@ -1,0 +1,36 @@
+"""Session fixtures: one small synthetic data set and one tiny index, built once and shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from index_store import store
+from index_store.build import BuildOptions, build_index
+from index_store.images import list_images
+from index_store.sample import write_sample
+from model.config import PatchCoreConfig
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "mvtec_ad"
+SMALL = PatchCoreConfig(image_size=128)  # pretrained MobileNetV2, 16x16 patch grid: fast on 2 cores
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    return write_sample(tmp_path_factory.mktemp("sample") / "disc", n_train=16, n_test_good=3, n_test_defect=3,
+                        size=128)
+
+
+@pytest.fixture(scope="session")
+def index_dir(sample_dir, tmp_path_factory) -> Path:
+    result = build_index(list_images(sample_dir), SMALL, BuildOptions(name="disc", progress=False), root=sample_dir)
+    out = tmp_path_factory.mktemp("indexes") / "disc"
+    store.save(out, result.index, result.metadata)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundle(index_dir) -> store.IndexBundle:
+    return store.load(index_dir)

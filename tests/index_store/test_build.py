@@ -1,0 +1,115 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from index_store import store
+from index_store.build import BuildError, BuildOptions, build_index, split_holdout
+from index_store.cli import main
+from index_store.images import list_images
+from model.config import PatchCoreConfig
+from model.coreset import coverage_radius
+
+FAST = ["--image-size", "64", "--no-progress"]
+
+
+def test_cli_builds_an_index_end_to_end(sample_dir, tmp_path, capsys):
+    out = tmp_path / "idx"
+    assert main(["--data", str(sample_dir), "--out", str(out), "--json", *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 11 and summary["calibration_images"] == 5
+    bundle = store.load(out)
+    assert bundle.metadata.bank_size == summary["bank_size"] == round(0.1 * 11 * 8 * 8)
+    assert bundle.metadata.config.image_size == 64 and bundle.metadata.name == "idx"
+    assert bundle.metadata.provenance.calibration_source == "holdout"
+
+
+def test_cli_refuses_an_existing_output_without_force(sample_dir, tmp_path, capsys):
+    out = tmp_path / "idx"
+    out.mkdir()
+    assert main(["--data", str(sample_dir), "--out", str(out), *FAST]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert main(["--data", str(sample_dir), "--out", str(out), "--force", *FAST]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backbone", "vgg16"], "valid backbones"),
+    (["--layers", "features.6", "head"], "valid layers"),
+    (["--coreset-ratio", "2"], "coreset_ratio must be in"),
+])
+def test_cli_bad_options_fail_fast_with_the_valid_choices(sample_dir, tmp_path, capsys, args, message):
+    assert main(["--data", str(sample_dir), "--out", str(tmp_path / "x"), *FAST, *args]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_cli_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "x"), *FAST]) == 1
+    assert "no PNG/JPEG/BMP/TIFF images found" in capsys.readouterr().err
+
+
+def test_unreadable_files_are_skipped_and_counted_or_fail_under_strict(sample_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(sample_dir / "train" / "good", data)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert main(["--data", str(data), "--out", str(tmp_path / "a"), *FAST]) == 0
+    assert store.read_metadata(tmp_path / "a").provenance.n_skipped == 1
+    assert main(["--data", str(data), "--out", str(tmp_path / "b"), "--strict", *FAST]) == 1
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_too_few_images_for_the_coreset(sample_dir):
+    paths = list_images(sample_dir)[:3]
+    with pytest.raises(BuildError, match="raise --coreset-ratio"):
+        build_index(paths, PatchCoreConfig(image_size=64, coreset_ratio=0.01), BuildOptions(progress=False))
+    with pytest.raises(BuildError, match="need at least"):
+        split_holdout(paths[:2], 0.1, seed=0)
+    assert [len(part) for part in split_holdout(list_images(sample_dir), 0.1, seed=0)] == [11, 5]
+
+
+def test_holdout_split_is_seeded_and_disjoint(sample_dir):
+    paths = list_images(sample_dir)
+    train, hold = split_holdout(paths, 0.1, seed=0)
+    assert (train, hold) == split_holdout(paths, 0.1, seed=0)
+    assert not set(train) & set(hold) and len(train) + len(hold) == len(paths)
+
+
+def test_calibration_data_replaces_the_holdout(sample_dir, tmp_path):
+    calib = tuple(sorted((sample_dir / "test" / "good").glob("*.png")))
+    options = BuildOptions(calibration_paths=calib, progress=False)
+    result = build_index(list_images(sample_dir), PatchCoreConfig(image_size=64), options)
+    p = result.metadata.provenance
+    assert (p.n_train_images, p.n_calibration_images, p.calibration_source) == (16, 3, "calibration-data")
+
+
+def test_training_images_score_below_the_threshold(bundle, sample_dir):
+    from index_store.images import read_image
+
+    train, _ = split_holdout(list_images(sample_dir), 0.1, seed=bundle.metadata.config.seed)
+    scores = [s.image_score for s in bundle.detector.score_batch([read_image(p)[0] for p in train[:8]])]
+    assert max(scores) < bundle.metadata.calibration.threshold
+    assert np.mean(scores) < bundle.metadata.calibration.mean  # seen images sit closer to the bank than unseen
+
+
+def test_hierarchical_coreset_stays_close_to_single_pass(sample_dir):
+    """Chunks of 4 images, each reduced to its own coreset, then merged: the bank covers the data almost as well."""
+    paths = list_images(sample_dir)
+    config = PatchCoreConfig(image_size=64, coreset_ratio=0.1)
+    single = build_index(paths, config, BuildOptions(progress=False))
+    chunked = build_index(paths, config, BuildOptions(progress=False, max_chunk_patches=4 * 64, batch_size=4))
+    assert single.metadata.coreset_method == "single-pass"
+    assert chunked.metadata.coreset_method.startswith("hierarchical(chunks=3")
+    assert abs(chunked.index.ntotal - single.index.ntotal) <= 1
+    # Both banks judged on the same patches: all training patch embeddings.
+    from model.features import PatchEmbedder
+    from index_store.images import read_image
+
+    emb = PatchEmbedder(config)
+    train, _ = split_holdout(paths, 0.1, seed=config.seed)
+    feats = np.concatenate([emb.embed([read_image(p)[0]]).reshape(-1, emb.dim) for p in train])
+    bank = lambda r: np.stack([r.index.reconstruct(i) for i in range(r.index.ntotal)])  # noqa: E731
+    both = lambda b: np.concatenate([b, feats])  # noqa: E731
+    r_single = coverage_radius(both(bank(single)), np.arange(single.index.ntotal))
+    r_chunked = coverage_radius(both(bank(chunked)), np.arange(chunked.index.ntotal))
+    assert r_chunked <= 1.10 * r_single

@@ -1,0 +1,108 @@
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from index_store import store
+from index_store.images import read_image
+from index_store.metadata import SCHEMA_VERSION
+
+
+def test_save_load_gives_identical_scores(bundle, sample_dir, index_dir, tmp_path):
+    images = [read_image(p)[0] for p in sorted((sample_dir / "test").glob("*/*.png"))]
+    first = bundle.detector.score_batch(images)
+    copy = tmp_path / "copy"
+    metadata, index = store.load_index(index_dir)
+    store.save(copy, index, metadata)
+    again = store.load(copy).detector.score_batch(images)
+    assert [s.image_score for s in again] == [s.image_score for s in first]
+    np.testing.assert_array_equal(again[0].patch_scores, first[0].patch_scores)
+
+
+def test_metadata_holds_config_provenance_and_checksum(bundle, index_dir):
+    m = bundle.metadata
+    assert m.schema_version == SCHEMA_VERSION and m.name == "disc"
+    assert m.config.image_size == 128 and m.embedding_dim == 128 and m.grid == (16, 16)
+    assert m.bank_size == bundle.detector.index.ntotal
+    assert m.index_sha256 == store.sha256_file(index_dir / "index.faiss")
+    p = m.provenance
+    assert p.n_train_images + p.n_calibration_images == p.n_images == 16 and p.n_skipped == 0
+    assert len(p.dataset_fingerprint) == 64 and p.torch_version and p.faiss_version
+    assert set(p.stage_seconds) >= {"extract", "coreset", "index", "calibration"}
+    assert m.calibration.threshold > m.calibration.mean
+    json.loads((index_dir / "metadata.json").read_text())  # plain JSON, no pickle
+
+
+def copy_index(index_dir, tmp_path):
+    out = tmp_path / "idx"
+    shutil.copytree(index_dir, out)
+    return out
+
+
+def test_corrupted_index_is_refused(index_dir, tmp_path):
+    out = copy_index(index_dir, tmp_path)
+    data = bytearray((out / "index.faiss").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "index.faiss").write_bytes(bytes(data))
+    with pytest.raises(store.IndexStoreError, match="corrupt.*rebuild"):
+        store.load_index(out)
+
+
+def test_truncated_index_is_refused(index_dir, tmp_path):
+    out = copy_index(index_dir, tmp_path)
+    data = (out / "index.faiss").read_bytes()
+    (out / "index.faiss").write_bytes(data[: len(data) // 3])
+    with pytest.raises(store.IndexStoreError, match="sha256"):
+        store.load_index(out)
+
+
+def rewrite_metadata(out, **changes):
+    data = json.loads((out / "metadata.json").read_text())
+    data.update(changes)
+    (out / "metadata.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"schema_version": 0}, "schema_version 0, this software reads"),
+    ({"embedding_dim": 64}, "holds 128-d vectors, metadata says 64"),
+    ({"bank_size": 7}, "vectors, metadata says 7"),
+])
+def test_mismatched_metadata_is_refused(index_dir, tmp_path, changes, message):
+    out = copy_index(index_dir, tmp_path)
+    rewrite_metadata(out, **changes)
+    with pytest.raises(store.IndexStoreError, match=message):
+        store.load_index(out)
+
+
+def test_missing_pieces_say_how_to_fix(index_dir, tmp_path):
+    with pytest.raises(store.IndexStoreError, match="does not exist.*patchcore-build-index"):
+        store.load_index(tmp_path / "nowhere")
+    out = copy_index(index_dir, tmp_path)
+    (out / "index.faiss").unlink()
+    with pytest.raises(store.IndexStoreError, match="index.faiss is missing"):
+        store.load_index(out)
+    (out / "metadata.json").write_text("{not json")
+    with pytest.raises(store.IndexStoreError, match="not valid JSON"):
+        store.load_index(out)
+
+
+def test_save_is_atomic_and_keeps_the_old_index_when_it_fails(index_dir, tmp_path, monkeypatch):
+    out = copy_index(index_dir, tmp_path)
+    before = (out / "index.faiss").read_bytes()
+    metadata, index = store.load_index(out)
+    with pytest.raises(store.IndexStoreError, match="--force"):
+        store.save(out, index, metadata)
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.faiss, "write_index", crash)
+    with pytest.raises(OSError, match="disk full"):
+        store.save(out, index, metadata, force=True)
+    assert (out / "index.faiss").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp folder left behind
+    monkeypatch.undo()
+    written = store.save(out, index, dataclasses.replace(metadata, name="renamed"), force=True)
+    assert store.read_metadata(out).name == "renamed" == written.name

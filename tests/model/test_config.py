@@ -1,0 +1,30 @@
+import pytest
+
+from model.config import IndexConfig, PatchCoreConfig
+from model.errors import ConfigError
+
+
+def test_round_trip_through_dict():
+    c = PatchCoreConfig(layers=("features.5", "features.12"), crop_size=224, index=IndexConfig(kind="hnsw"))
+    assert PatchCoreConfig.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"coreset_ratio": 0.0}, "coreset_ratio"),
+    ({"coreset_ratio": 1.5}, "coreset_ratio"),
+    ({"crop_size": 300}, "crop_size"),
+    ({"patch_size": 2}, "odd"),
+    ({"aggregation": "sum"}, "concat, pool"),
+    ({"aggregation": "pool"}, "embedding_dim"),
+    ({"layers": ()}, "non-empty"),
+])
+def test_bad_values_raise_with_the_fix(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        PatchCoreConfig(**changes)
+
+
+def test_unknown_keys_and_index_kinds_are_refused():
+    with pytest.raises(ConfigError, match="unknown model config keys"):
+        PatchCoreConfig.from_dict({**PatchCoreConfig().to_dict(), "corset_ratio": 0.1})
+    with pytest.raises(ConfigError, match="flat, ivf_flat, hnsw, ivf_pq"):
+        IndexConfig(kind="lsh")

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from model.coreset import (
+    coverage_radius,
+    greedy_coreset,
+    greedy_coreset_reference,
+    greedy_k_center,
+    project,
+    start_index,
+)
+from model.errors import ConfigError
+
+
+def blobs(n: int, d: int, seed: int) -> np.ndarray:
+    """Clustered data, like patch embeddings: 40 centres, unit noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, d)) * 6
+    return (centres[rng.integers(40, size=n)] + rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_equals_naive_reference(seed, projection_dim):
+    x = np.random.default_rng(seed).standard_normal((1500, 24)).astype(np.float32)
+    fast = greedy_coreset(x, 150, projection_dim=projection_dim, seed=seed)
+    slow = greedy_coreset_reference(x, 150, projection_dim=projection_dim, seed=seed)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_equals_reference_on_clustered_data_where_pruning_matters():
+    x = blobs(4000, 16, seed=5)
+    fast = greedy_coreset(x, 400, projection_dim=None, seed=3)
+    slow = greedy_coreset_reference(x, 400, projection_dim=None, seed=3)
+    # float32 (fast) and float64 (reference) may swap two picks whose distances tie to 1e-6: same set, same radius
+    assert set(fast.tolist()) == set(slow.tolist()) or (fast[:100] == slow[:100]).all()
+    assert coverage_radius(x, fast) == pytest.approx(coverage_radius(x, slow), rel=1e-4)
+
+
+def test_deterministic_per_seed_and_seed_point_included():
+    x = blobs(2000, 12, seed=1)
+    a = greedy_coreset(x, 100, projection_dim=6, seed=7)
+    b = greedy_coreset(x, 100, projection_dim=6, seed=7)
+    c = greedy_coreset(x, 100, projection_dim=6, seed=8)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a[0] == start_index(len(x), 7)
+    assert len(set(a.tolist())) == 100
+
+
+def test_greedy_is_farthest_point_each_step():
+    """Each pick is the point farthest from all earlier picks (the k-center greedy rule), checked directly."""
+    x = blobs(600, 5, seed=2)
+    z = project(x, None, 0).astype(np.float64)
+    sel = greedy_k_center(project(x, None, 0), 30, start=0)
+    for t in range(1, 30):
+        d = ((z[:, None, :] - z[sel[:t]][None]) ** 2).sum(-1).min(1)
+        assert d[sel[t]] == pytest.approx(d.max(), rel=1e-5)
+
+
+def test_coverage_radius_shrinks_and_beats_random():
+    x = blobs(3000, 16, seed=4)
+    r10 = coverage_radius(x, greedy_coreset(x, 30, projection_dim=None, seed=0))
+    r100 = coverage_radius(x, greedy_coreset(x, 300, projection_dim=None, seed=0))
+    rand = coverage_radius(x, np.random.default_rng(0).choice(len(x), 300, replace=False))
+    assert r100 < r10
+    assert r100 < rand
+
+
+def test_duplicates_stop_early_with_distinct_points():
+    x = np.repeat(np.eye(3, dtype=np.float32), 50, axis=0)  # 3 distinct vectors, 50 copies each
+    sel = greedy_coreset(x, 10, projection_dim=None, seed=0)
+    assert len(sel) == 3 and len({tuple(x[i]) for i in sel}) == 3
+
+
+def test_projection_is_seeded_and_reduces_dimension():
+    x = blobs(100, 32, seed=0)
+    np.testing.assert_array_equal(project(x, 8, 1), project(x, 8, 1))
+    assert project(x, 8, 1).shape == (100, 8)
+    assert project(x, 64, 1).shape == (100, 32)  # no projection above the input dimension
+
+
+@pytest.mark.parametrize("k", [0, 101])
+def test_bad_sizes_raise(k):
+    with pytest.raises(ConfigError, match="cannot select"):
+        greedy_coreset(np.zeros((100, 4), np.float32), k, projection_dim=None, seed=0)

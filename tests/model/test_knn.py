@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from model import knn
+from model.config import IndexConfig
+from model.errors import ConfigError
+
+
+def brute_force(bank, queries, k):
+    d = ((queries[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)
+    ids = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, ids, axis=1), ids
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_batched_flat_search_equals_brute_force(monkeypatch, k):
+    monkeypatch.setattr(knn, "SEARCH_BATCH", 37)  # force many batches, including a ragged last one
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((500, 16)).astype(np.float32)
+    queries = rng.standard_normal((300, 16)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(), seed=0)
+    sq, ids = knn.search(index, queries, k=k)
+    ref_sq, ref_ids = brute_force(bank, queries, k)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(sq, ref_sq, rtol=1e-4, atol=1e-4)  # SQUARED L2 distances
+
+
+def test_float64_and_non_contiguous_queries_are_coerced():
+    rng = np.random.default_rng(1)
+    bank = rng.standard_normal((50, 8)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(), seed=0)
+    q = rng.standard_normal((20, 16))[:, ::2]  # float64, strided
+    np.testing.assert_array_equal(knn.search(index, q)[1], brute_force(bank, q, 1)[1])
+
+
+def test_ivf_flat_probing_every_list_is_exact():
+    rng = np.random.default_rng(2)
+    bank = rng.standard_normal((4000, 16)).astype(np.float32)
+    queries = rng.standard_normal((100, 16)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(kind="ivf_flat", nlist=32, nprobe=32), seed=0)
+    np.testing.assert_array_equal(knn.search(index, queries)[1], brute_force(bank, queries, 1)[1])
+
+
+def test_hnsw_has_high_recall():
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((5000, 16)).astype(np.float32)
+    queries = rng.standard_normal((200, 16)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(kind="hnsw", ef_search=64), seed=0)
+    recall = (knn.search(index, queries)[1][:, 0] == brute_force(bank, queries, 1)[1][:, 0]).mean()
+    assert recall >= 0.9
+
+
+def test_ivf_pq_validates_its_parameters():
+    bank = np.zeros((20000, 30), np.float32)
+    with pytest.raises(ConfigError, match="must divide"):
+        knn.build_index(bank, IndexConfig(kind="ivf_pq", pq_m=16), seed=0)
+    with pytest.raises(ConfigError, match="needs >="):
+        knn.build_index(bank[:100, :16], IndexConfig(kind="ivf_pq", pq_m=4), seed=0)
+
+
+def test_reconstruct_returns_bank_vectors():
+    bank = np.random.default_rng(4).standard_normal((100, 8)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(), seed=0)
+    np.testing.assert_array_equal(knn.reconstruct(index, np.array([3, 7])), bank[[3, 7]])
