@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -60,18 +59,18 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name:
     if not data:
         raise ImageDecodeError(f"{name} is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
-                    "downscale it before sending, or raise the pixel limit"
-                )
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb8(img)
+        # The cap is checked from the header, before decoding. (No warnings.catch_warnings here: it is not
+        # thread-safe, and PIL's own DecompressionBombError still guards max_pixels=None.)
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
+                "downscale it before sending, or raise the pixel limit"
+            )
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb8(img)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

@@ -83,9 +83,14 @@ def calibrate(nominal_scores: np.ndarray, target_fpr: float = 0.01) -> Calibrati
 
 
 def normalise(scores: np.ndarray | float, calibration: Calibration) -> np.ndarray:
-    """sigmoid((s - threshold) / std): 0.5 at the threshold. Works on image scores and on anomaly maps."""
-    z = (np.asarray(scores, dtype=np.float64) - calibration.threshold) / calibration.std
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # == 1 / (1 + exp(-z)), without overflow
+    """sigmoid((s - threshold) / std): 0.5 at the threshold. Works on image scores and on anomaly maps.
+
+    float32 input (anomaly maps) stays float32, for speed; anything else is computed in float64.
+    """
+    s = np.asarray(scores)
+    dtype = np.float32 if s.dtype == np.float32 else np.float64
+    z = (s.astype(dtype, copy=False) - dtype(calibration.threshold)) * dtype(0.5 / calibration.std)
+    return dtype(0.5) * (dtype(1.0) + np.tanh(z))  # == 1 / (1 + exp(-2z)), without overflow
 
 
 def is_anomalous(score: float, calibration: Calibration) -> bool:
