@@ -1,0 +1,85 @@
+"""Response models (they make the OpenAPI schema at /docs). Changes in meaning bump SCHEMA_VERSION."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from service.settings import HeatmapMode
+
+SCHEMA_VERSION = 1
+
+
+class Timings(BaseModel):
+    """Milliseconds spent on this image. Batch stages (preprocess, backbone, search, score) are the image's share."""
+
+    read: float = Field(description="reading the upload from the request")
+    queue: float = Field(description="waiting for an inference worker")
+    decode: float
+    preprocess: float
+    backbone: float
+    search: float
+    score: float
+    map: float = Field(description="anomaly map at the image size; 0 when heatmap=none")
+    render: float = Field(description="PNG / overlay / list encoding; 0 when heatmap=none")
+    total: float = Field(description="from the handler's start to the answer being built")
+
+
+class Prediction(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    index: str = Field(description="the index that scored the image")
+    filename: str | None = None
+    image_score: float = Field(description="raw image score: L2 distance of the most anomalous patch to the bank")
+    normalised_score: float = Field(description="0.5 at the threshold, towards 1 for anomalies")
+    is_anomalous: bool
+    threshold: float = Field(description="the calibrated threshold on image_score")
+    image_width: int = Field(description="after EXIF orientation; every map has this size")
+    image_height: int
+    heatmap: HeatmapMode
+    anomaly_map_png: str | None = Field(
+        None, description="heatmap=png: base64 8-bit grey PNG of the normalised anomaly map (128 = threshold)"
+    )
+    overlay_png: str | None = Field(None, description="heatmap=overlay: base64 RGB PNG, coloured map over the image")
+    anomaly_map: list[list[float]] | None = Field(
+        None, description="heatmap=raw: anomaly map in image-score units, image_height rows of image_width values"
+    )
+    timings_ms: Timings
+
+
+class BatchPrediction(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    index: str
+    count: int
+    results: list[Prediction] = Field(description="one per uploaded file, in upload order")
+    total_ms: float = Field(description="the whole batch, from the handler's start to the answer being built")
+
+
+class IndexInfo(BaseModel):
+    name: str = Field(description="the value of ?index=")
+    product: str = Field(description="the name given at build time (patchcore-build-index --name)")
+    schema_version: int = Field(description="index metadata schema version")
+    backbone: str
+    layers: list[str]
+    image_size: int
+    crop_size: int | None
+    embedding_dim: int
+    grid: list[int] = Field(description="patch grid (h, w) per image")
+    bank_size: int = Field(description="memory-bank vectors")
+    index_kind: str = Field(description="FAISS index type")
+    threshold: float
+    target_fpr: float
+    n_train_images: int
+    built_at: str
+    package_version: str = Field(description="version of the software that built the index")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    status: str
+    indexes: list[str]
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,96 @@
+"""Two tiny indexes (two products) in one index folder, built once per session, and clients on them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from index_store import store
+from index_store.build import BuildOptions, build_index
+from index_store.images import list_images
+from index_store.sample import write_sample
+from model.config import PatchCoreConfig
+from service.app import create_app
+from service.settings import Settings
+
+MIB = 1024 * 1024
+
+
+def png_bytes(image: np.ndarray | Image.Image, **save) -> bytes:
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buf = io.BytesIO()
+    img.save(buf, format=save.pop("format", "PNG"), **save)
+    return buf.getvalue()
+
+
+def make_settings(index_dir: Path, **overrides) -> Settings:
+    values = dict(index_dir=index_dir, threads=2, inference_workers=2, max_upload_bytes=MIB, max_pixels=4_000_000,
+                  max_batch_files=4, log_format="text")
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _clean_env():
+    """PATCHCORE_* variables of the machine running the tests must not change the settings under test."""
+    mp = pytest.MonkeyPatch()
+    import os
+
+    for key in [k for k in os.environ if k.startswith("PATCHCORE_")]:
+        mp.delenv(key)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def index_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("service")
+    products = {
+        "disc": (dict(seed=0, size=128), PatchCoreConfig(image_size=128)),
+        "disc-b": (dict(seed=1, size=96), PatchCoreConfig(image_size=96, layers=("features.3", "features.6"))),
+    }
+    for name, (sample_args, config) in products.items():
+        sample = write_sample(root / "samples" / name, n_train=12, n_test_good=2, n_test_defect=2, **sample_args)
+        result = build_index(list_images(sample), config, BuildOptions(name=f"{name}-product", progress=False))
+        store.save(root / "indexes" / name, result.index, result.metadata)
+    return root
+
+
+@pytest.fixture(scope="session")
+def indexes_dir(index_root) -> Path:
+    return index_root / "indexes"
+
+
+@pytest.fixture(scope="session")
+def disc_dir(indexes_dir) -> Path:
+    return indexes_dir / "disc"
+
+
+@pytest.fixture(scope="session")
+def disc_bundle(disc_dir):
+    """The same index loaded in-process: the reference the server's answers are checked against."""
+    return store.load(disc_dir)
+
+
+@pytest.fixture(scope="session")
+def client(disc_dir):
+    with TestClient(create_app(make_settings(disc_dir))) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def multi_client(indexes_dir):
+    with TestClient(create_app(make_settings(indexes_dir))) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def test_images(index_root) -> dict[str, bytes]:
+    """name -> PNG bytes of the disc sample's test images (2 good, 2 scratch, 2 spot)."""
+    root = index_root / "samples" / "disc" / "test"
+    return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(root.glob("*/*.png"))}
