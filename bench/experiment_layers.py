@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from evaluation.metrics import aupro
 from index_store.images import list_images, read_image
 from index_store.runtime import configure_threads
 from model import heatmap, knn, scoring
@@ -32,6 +33,8 @@ SETTINGS = {
     "f6+f13 224 nocrop concat 1%": dict(layers=F6_13, image_size=224),
     "f6+f13 320 nocrop concat 1%": dict(layers=F6_13, image_size=320),
     "f6+f13 256 nocrop pool128 1%": dict(layers=F6_13, aggregation="pool", embedding_dim=128),
+    "f6+f13 256 nocrop pool64 1%": dict(layers=F6_13, aggregation="pool", embedding_dim=64),
+    "f6+f10 256 nocrop pool128 1%": dict(layers=("features.6", "features.10"), aggregation="pool", embedding_dim=128),
     "f6+f13 256 nocrop concat 1% reweight": dict(layers=F6_13, reweight=True),
     "f6+f10 256 nocrop concat 1%": dict(layers=("features.6", "features.10")),
     "f5+f12 256 nocrop concat 1%": dict(layers=("features.5", "features.12")),
@@ -75,6 +78,7 @@ def run(config: PatchCoreConfig, train, test, labels, masks, side: int) -> dict:
     pix = roc_auc_score(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
     return {
         "image_auroc": round(float(roc_auc_score(labels, scores)), 4), "pixel_auroc": round(float(pix), 4),
+        "pixel_aupro": round(float(aupro(masks, maps)), 4),
         "bank": int(k), "dim": emb.dim, "grid": list(emb.grid), "extract_s": round(t1 - t0, 1),
         "coreset_index_s": round(t2 - t1, 1), "score_s": round(t3 - t2, 1),
     }

@@ -61,8 +61,8 @@ class PatchCoreConfig:
     crop_size: int | None = None
     # Local neighbourhood aggregation f_agg (paper eq. 2): patch_size x patch_size average.
     patch_size: int = 3
-    # "concat": channels of all layers side by side. "pool": each layer adaptively pooled to embedding_dim,
-    # then averaged over layers (the official code's pre-projection), which weighs layers equally.
+    # "concat": channels of all layers side by side. "pool": each layer adaptively pooled to embedding_dim, then
+    # the layers side by side pooled to embedding_dim (the official code's pre-projection): equal layer weights.
     aggregation: str = "concat"
     embedding_dim: int | None = None
     # Greedy coreset (paper section 3.2): fraction of patch embeddings kept in the memory bank, computed on a

@@ -69,9 +69,13 @@ def aggregate(
         parts.append(fmap.permute(0, 2, 3, 1))  # (B, C, h, w) -> (B, h, w, C)
     if aggregation == "concat":
         return torch.cat(parts, dim=-1).contiguous()
-    # "pool": (B, h, w, C_l) -> (B*h*w, 1, C_l) -> adaptive average to (B*h*w, 1, D), then mean over layers.
+    # "pool", as the official PatchCore code: each layer (B*h*w, 1, C_l) adaptively averaged to D channels, the
+    # layers side by side (B*h*w, 1, L*D), then averaged down to D. Adjacent channels of one layer are merged, never
+    # channels of two layers, and each layer ends up with D / L dimensions: equal weight whatever its width.
+    b = parts[0].shape[0]
     pooled = [F.adaptive_avg_pool1d(p.reshape(-1, 1, p.shape[-1]), embedding_dim) for p in parts]
-    return torch.stack(pooled, dim=0).mean(dim=0).reshape(parts[0].shape[0], h, w, embedding_dim).contiguous()
+    out = F.adaptive_avg_pool1d(torch.cat(pooled, dim=-1), embedding_dim)  # (B*h*w, 1, D)
+    return out.reshape(b, h, w, embedding_dim).contiguous()
 
 
 class PatchEmbedder:

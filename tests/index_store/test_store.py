@@ -106,3 +106,27 @@ def test_save_is_atomic_and_keeps_the_old_index_when_it_fails(index_dir, tmp_pat
     monkeypatch.undo()
     written = store.save(out, index, dataclasses.replace(metadata, name="renamed"), force=True)
     assert store.read_metadata(out).name == "renamed" == written.name
+
+
+@pytest.mark.parametrize("index_config", [
+    {"kind": "ivf_flat", "nlist": 16, "nprobe": 4},
+    {"kind": "hnsw", "hnsw_m": 16, "ef_search": 24},
+    {"kind": "ivf_pq", "nlist": 16, "nprobe": 4, "pq_m": 16, "pq_nbits": 4},
+])
+def test_approximate_indexes_are_trained_saved_and_reloaded_exactly(sample_dir, tmp_path, index_config):
+    from index_store.build import BuildOptions, build_index
+    from index_store.images import list_images
+    from model.config import IndexConfig, PatchCoreConfig
+
+    config = PatchCoreConfig(image_size=128, coreset_ratio=0.5, index=IndexConfig(**index_config))
+    result = build_index(list_images(sample_dir), config, BuildOptions(progress=False))
+    store.save(tmp_path / "a", result.index, result.metadata)
+    loaded = store.load(tmp_path / "a")
+    assert loaded.metadata.config.index == config.index
+    assert type(loaded.detector.index).__name__ == type(result.index).__name__
+    images = [read_image(p)[0] for p in sorted((sample_dir / "test").glob("*/*.png"))[:3]]
+    from model.detector import Detector
+
+    fresh = Detector(config, loaded.detector.embedder, result.index, result.metadata.calibration)
+    for a, b in zip(loaded.detector.score_batch(images), fresh.score_batch(images)):
+        np.testing.assert_array_equal(a.patch_scores, b.patch_scores)

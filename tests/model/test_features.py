@@ -27,12 +27,13 @@ def test_deeper_layer_is_resized_to_the_first_grid_and_concatenated():
     np.testing.assert_allclose(out[..., 4:].numpy(), 3.0, rtol=1e-6)  # constant map stays constant
 
 
-def test_pool_aggregation_weighs_layers_equally():
-    a = torch.full((1, 4, 2, 2), 1.0)
+def test_pool_aggregation_gives_each_layer_half_the_dimensions_without_mixing_them():
+    a = torch.arange(4, dtype=torch.float32).view(1, 4, 1, 1).expand(1, 4, 2, 2)  # channels 0, 1, 2, 3
     b = torch.full((1, 12, 2, 2), 5.0)
-    out = aggregate([a, b], patch_size=1, aggregation="pool", embedding_dim=2)
-    assert out.shape == (1, 2, 2, 2)
-    np.testing.assert_allclose(out.numpy(), 3.0)  # (1 + 5) / 2, whatever the channel counts
+    out = aggregate([a, b], patch_size=1, aggregation="pool", embedding_dim=4)
+    assert out.shape == (1, 2, 2, 4)
+    # layer a pooled to 4 then merged in pairs: (0+1)/2, (2+3)/2; layer b: 5, 5. Whatever the channel counts.
+    np.testing.assert_allclose(out[0, 0, 0].numpy(), [0.5, 2.5, 5.0, 5.0])
 
 
 def test_preprocess_resizes_crops_and_normalises():
