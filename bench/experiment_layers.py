@@ -98,7 +98,7 @@ def main() -> None:
     for name, changes in SETTINGS.items():
         if args.only and not any(o in name for o in args.only):
             continue
-        results[name] = run(PatchCoreConfig().replace(**{"coreset_ratio": 0.01, **changes}), train, test, labels, masks, side)
+        results[name] = run(PatchCoreConfig().replace(**{"aggregation": "concat", "embedding_dim": None, **changes}), train, test, labels, masks, side)
         print(f"{name:40s} {json.dumps(results[name])}", flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -35,7 +35,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--crop-size", type=int, default=0, help="centre crop after resizing (0: none)")
     g.add_argument("--patch-size", type=int, default=DEFAULTS.patch_size, help="local neighbourhood p x p")
     g.add_argument("--aggregation", choices=("concat", "pool"), default=DEFAULTS.aggregation)
-    g.add_argument("--embedding-dim", type=int, help="target dimension for --aggregation pool")
+    g.add_argument("--embedding-dim", type=int, help="target dimension for --aggregation pool (default 128)")
     g.add_argument("--coreset-ratio", type=float, default=DEFAULTS.coreset_ratio)
     g.add_argument("--projection-dim", type=int, default=DEFAULTS.projection_dim, help="0: no projection")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)

@@ -15,6 +15,7 @@ from model.errors import ConfigError
 
 INDEX_KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
 AGGREGATIONS = ("concat", "pool")
+DEFAULT_EMBEDDING_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,11 @@ class PatchCoreConfig:
     patch_size: int = 3
     # "concat": channels of all layers side by side. "pool": each layer adaptively pooled to embedding_dim, then
     # the layers side by side pooled to embedding_dim (the official code's pre-projection): equal layer weights.
-    aggregation: str = "concat"
-    embedding_dim: int | None = None
+    aggregation: str = "pool"
+    embedding_dim: int | None = None  # "pool": None means DEFAULT_EMBEDDING_DIM
     # Greedy coreset (paper section 3.2): fraction of patch embeddings kept in the memory bank, computed on a
     # seeded random projection to projection_dim dimensions (None or >= embedding dim: no projection).
-    coreset_ratio: float = 0.1
+    coreset_ratio: float = 0.01
     projection_dim: int | None = 128
     seed: int = 0
     # Image score: max patch score s*, optionally re-weighted by paper eq. 7 over num_neighbors bank neighbours.
@@ -95,8 +96,10 @@ class PatchCoreConfig:
             raise ConfigError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
-        if self.aggregation == "pool" and (self.embedding_dim is None or self.embedding_dim < 1):
-            raise ConfigError("aggregation 'pool' needs embedding_dim >= 1")
+        if self.aggregation == "pool" and self.embedding_dim is None:
+            object.__setattr__(self, "embedding_dim", DEFAULT_EMBEDDING_DIM)
+        if self.aggregation == "pool" and self.embedding_dim < 1:
+            raise ConfigError(f"aggregation 'pool' needs embedding_dim >= 1, got {self.embedding_dim}")
         if self.aggregation == "concat" and self.embedding_dim is not None:
             raise ConfigError("embedding_dim applies to aggregation 'pool' only; leave it unset for 'concat'")
         if not 0.0 < self.coreset_ratio <= 1.0:

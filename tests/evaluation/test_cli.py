@@ -22,7 +22,7 @@ from index_store.sample import write_sample
 from .layouts import to_btad, to_visa
 
 HEADER = "| " + " | ".join(TABLE_COLUMNS) + " |"
-FAST = ["--image-size", "128", "--threads", "2", "--no-progress"]
+FAST = ["--image-size", "128", "--coreset-ratio", "0.1", "--threads", "2", "--no-progress"]
 N_TEST = 3 + 2 * 2  # 3 good + 2 scratch + 2 spot
 METRICS = ("image_auroc", "image_f1_max", "image_f1_at_calibrated_threshold", "pixel_auroc", "pixel_aupro")
 

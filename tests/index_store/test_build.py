@@ -11,7 +11,7 @@ from index_store.images import list_images
 from model.config import PatchCoreConfig
 from model.coreset import coverage_radius
 
-FAST = ["--image-size", "64", "--no-progress"]
+FAST = ["--image-size", "64", "--coreset-ratio", "0.1", "--no-progress"]
 
 
 def test_cli_builds_an_index_end_to_end(sample_dir, tmp_path, capsys):
@@ -62,7 +62,7 @@ def test_unreadable_files_are_skipped_and_counted_or_fail_under_strict(sample_di
 def test_too_few_images_for_the_coreset(sample_dir):
     paths = list_images(sample_dir)[:3]
     with pytest.raises(BuildError, match="raise --coreset-ratio"):
-        build_index(paths, PatchCoreConfig(image_size=64, coreset_ratio=0.01), BuildOptions(progress=False))
+        build_index(paths, PatchCoreConfig(image_size=64, coreset_ratio=0.005), BuildOptions(progress=False))
     with pytest.raises(BuildError, match="need at least"):
         split_holdout(paths[:2], 0.1, seed=0)
     assert [len(part) for part in split_holdout(list_images(sample_dir), 0.1, seed=0)] == [11, 5]
@@ -78,7 +78,7 @@ def test_holdout_split_is_seeded_and_disjoint(sample_dir):
 def test_calibration_data_replaces_the_holdout(sample_dir, tmp_path):
     calib = tuple(sorted((sample_dir / "test" / "good").glob("*.png")))
     options = BuildOptions(calibration_paths=calib, progress=False)
-    result = build_index(list_images(sample_dir), PatchCoreConfig(image_size=64), options)
+    result = build_index(list_images(sample_dir), PatchCoreConfig(image_size=64, coreset_ratio=0.1), options)
     p = result.metadata.provenance
     assert (p.n_train_images, p.n_calibration_images, p.calibration_source) == (16, 3, "calibration-data")
 

@@ -15,12 +15,20 @@ def test_round_trip_through_dict():
     ({"crop_size": 300}, "crop_size"),
     ({"patch_size": 2}, "odd"),
     ({"aggregation": "sum"}, "concat, pool"),
-    ({"aggregation": "pool"}, "embedding_dim"),
+    ({"aggregation": "pool", "embedding_dim": 0}, "embedding_dim >= 1"),
+    ({"aggregation": "concat", "embedding_dim": 64}, "applies to aggregation 'pool' only"),
     ({"layers": ()}, "non-empty"),
 ])
 def test_bad_values_raise_with_the_fix(changes, message):
     with pytest.raises(ConfigError, match=message):
         PatchCoreConfig(**changes)
+
+
+def test_defaults_are_the_measured_ones():
+    c = PatchCoreConfig()
+    assert (c.backbone, c.layers, c.image_size, c.crop_size) == ("mobilenet_v2", ("features.6", "features.13"), 256, None)
+    assert (c.aggregation, c.embedding_dim, c.coreset_ratio) == ("pool", 128, 0.01)
+    assert PatchCoreConfig(aggregation="concat").embedding_dim is None
 
 
 def test_unknown_keys_and_index_kinds_are_refused():

@@ -51,8 +51,8 @@ def _clean_env():
 def index_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("service")
     products = {
-        "disc": (dict(seed=0, size=128), PatchCoreConfig(image_size=128)),
-        "disc-b": (dict(seed=1, size=96), PatchCoreConfig(image_size=96, layers=("features.3", "features.6"))),
+        "disc": (dict(seed=0, size=128), PatchCoreConfig(image_size=128, coreset_ratio=0.1)),
+        "disc-b": (dict(seed=1, size=96), PatchCoreConfig(image_size=96, layers=("features.3", "features.6"), coreset_ratio=0.1)),
     }
     for name, (sample_args, config) in products.items():
         sample = write_sample(root / "samples" / name, n_train=12, n_test_good=2, n_test_defect=2, **sample_args)
