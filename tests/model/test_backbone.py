@@ -31,7 +31,7 @@ def test_layers_out_of_order_are_refused():
 
 def test_wide_resnet50_2_plumbing_with_random_init():
     """The paper's backbone: layer2 (512 ch, stride 8) + layer3 (1024 ch, stride 16) -> 1536-d on a 28x28 grid."""
-    config = PatchCoreConfig(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pretrained=False,
+    config = PatchCoreConfig(backbone="wide_resnet50_2", layers=("layer2", "layer3"), pretrained=False, aggregation="concat",
                              image_size=224)
     a = PatchEmbedder(config)
     assert (a.dim, a.grid) == (1536, (28, 28))
