@@ -9,7 +9,6 @@ each problem.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import faiss
 import torch
 
 from index_store.metadata import IndexMetadata, MetadataError
+from index_store.weights import sha256_file  # weights.py stays standalone: the Docker build runs it alone
 from model import knn
 from model.detector import Detector
 from model.errors import PatchCoreError
@@ -40,14 +40,6 @@ class IndexBundle:
     path: Path
     metadata: IndexMetadata
     detector: Detector
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
