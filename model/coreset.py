@@ -4,13 +4,21 @@ PatchCore keeps the patch embeddings picked by the greedy k-center rule (Gonzale
 start from one seeded point, then repeatedly add the point farthest from everything picked so far, keeping a running
 min-distance vector. Like the paper, distances are taken on a seeded Johnson-Lindenstrauss random projection.
 
-The straightforward implementation makes one full pass over the bank per selected centre: O(N * k * d). Ours picks
-exactly the same points but skips most of that work with the triangle inequality (the pruning of Elkan 2003 and of
-accelerated k-center, e.g. Hochbaum & Shmoys): every point remembers its nearest centre a, and each centre keeps
-the radius R_a of its cluster. A new centre c can only bring a point x of cluster a closer when
-d(c, a) < 2 * R_a, because d(x, c) >= d(c, a) - d(x, a) >= 2 R_a - R_a >= d(x, a). So each step only touches the
-clusters near the new centre. As k grows the radii shrink and each step costs far less than a full pass.
-No N x N matrix is ever formed; memory is O(N) beyond the projected bank.
+The straightforward implementation (``greedy_coreset_reference``) makes one full float64 pass over the bank per
+centre: O(N * k * d). ``greedy_k_center`` returns exactly the same indices (every distance it keeps is computed by
+the same float64 expression, and ties go to the lowest index, as np.argmax does) but skips almost all of that work:
+
+1. Batches of centres. Take the L points with the largest running distance and tau, an upper bound on everyone
+   else's. Run the greedy on those L alone (an L x L problem): while the best of them is still > tau, it is also
+   the global farthest point, so it is the next centre. Late in the run hundreds of centres come out of one batch.
+2. Bounds instead of distances. The bank is rotated onto its principal axes (an orthogonal map: distances do not
+   change), cut into k-means groups, and sorted by (group, distance to the group centroid). The squared distance
+   over the first s rotated coordinates is a lower bound of the full one, so a (point, new centre) pair is only
+   worth computing if that partial sum is below the point's running distance. The triangle inequality around each
+   group centroid limits each centre to an annulus of every nearby group, and the first lower bound is one small
+   matrix product per touched group for all the batch's centres at once.
+3. Only the pairs that survive every bound get the exact float64 distance.
+Memory beyond the input: the rotated float32 copy (N x d) plus a few values per point. No N x N matrix is formed.
 """
 
 from __future__ import annotations
@@ -19,21 +27,25 @@ import numpy as np
 
 from model.errors import ConfigError
 
-# Slack on the pruning test against float32 rounding: prune only when d(c,a)^2 >= 4 R_a^2 (1 + REL) + ABS.
-_PRUNE_REL = 1e-3
+_F64 = np.float64
+_STAGES = (48, 96)  # prefixes of the rotated coordinates used as growing lower bounds (chosen by bench_coreset)
+_GROUP_DIMS = 16  # coordinates the k-means groups and their annuli live in
+_GROUP_SIZE = 256  # points per group on average ...
+_MAX_GROUPS = 1024  # ... up to this many groups
+_PAIR_CHUNK = 1 << 16  # (point, centre) pairs checked at once: bounds the temporaries (64 K x d x 8 bytes)
+_ROW_CHUNK = 1 << 16
+_DENSE_ENTRIES = 1 << 22  # (rows x centres) entries of one bound product: bounds that temporary (16 MB)
+_REL = 1e-4  # slack of every float32 bound against rounding: prune only when the bound clearly exceeds the distance
+_ABS = 1e-5  # ... plus this fraction of the largest squared norm
 
 
 def project(features: np.ndarray, projection_dim: int | None, seed: int) -> np.ndarray:
     """(N, D) -> (N, d) float32, centred, on a seeded Gaussian random projection (identity if d >= D)."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ConfigError(f"coreset input must be a non-empty (N, D) array, got shape {x.shape}")
-    rng = np.random.default_rng(seed)
-    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    x = _as_points(features)
+    mean = _mean(x)
     if projection_dim is None or projection_dim >= x.shape[1]:
         return x - mean  # centring changes no distance but keeps float32 norms small (less cancellation)
-    proj = rng.standard_normal((x.shape[1], projection_dim), dtype=np.float32) / np.float32(np.sqrt(projection_dim))
-    return (x - mean) @ proj
+    return (x - mean) @ _projection(x.shape[1], projection_dim, seed)
 
 
 def start_index(n: int, seed: int) -> int:
@@ -48,65 +60,24 @@ def check_size(n_points: int, n_select: int) -> None:
 
 def greedy_coreset(features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int) -> np.ndarray:
     """Indices (k,) int64 of the greedy k-center coreset, in selection order, first one the seeded start."""
-    z = project(features, projection_dim, seed)
-    check_size(z.shape[0], n_select)
-    return greedy_k_center(z, n_select, start_index(z.shape[0], seed))
+    x = _as_points(features)
+    check_size(x.shape[0], n_select)
+    start = start_index(x.shape[0], seed)
+    if projection_dim is None or projection_dim >= x.shape[1]:
+        # z = x - mean, never materialised: rows are rebuilt (bit for bit) when needed. Saves one N x D copy.
+        return _KCenter(x, _mean(x)).run(n_select, start)
+    return _KCenter(project(x, projection_dim, seed), None).run(n_select, start)
 
 
 def greedy_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
-    """Exact greedy k-center on the rows of z (N, d) float32, pruned by the triangle inequality.
+    """Exact greedy k-center on the rows of z (N, d): the selected row indices, in selection order.
 
-    Returns the selected row indices in selection order. Stops early if every point is already covered at
-    distance 0 (duplicates only): the bank then holds fewer than k distinct vectors.
+    Stops early if every point is already covered at distance 0 (duplicates only): the bank then holds fewer than
+    k distinct vectors.
     """
-    n = z.shape[0]
-    sq = np.einsum("ij,ij->i", z, z)  # (N,) squared norms
-    tol = np.float32(1e-5) * sq.max(initial=0.0)
-    centers = np.empty((k, z.shape[1]), dtype=np.float32)
-    selected = np.empty(k, dtype=np.int64)
-    radius2 = np.zeros(k, dtype=np.float32)  # R_a^2: the largest running distance inside cluster a
-    # Running squared distance of each point to its nearest centre; the first centre covers everything.
-    mind = np.maximum(sq - 2.0 * (z @ z[start]) + sq[start], 0.0)
-    mind[start] = 0.0
-    members: list[np.ndarray] = [np.arange(n)]  # members[a]: the points whose nearest centre is a
-    sizes = np.zeros(k, dtype=np.int64)  # len(members[a])
-    sizes[0] = n
-    selected[0], centers[0], radius2[0] = start, z[start], mind.max()
-    for t in range(1, k):
-        if radius2[:t].max() <= 0.0:
-            return selected[:t]
-        far_cluster = members[int(np.argmax(radius2[:t]))]
-        point = int(far_cluster[np.argmax(mind[far_cluster])])  # the farthest point overall
-        c = z[point]
-        selected[t], centers[t] = point, c
-        # Clusters whose centre is farther than 2 R_a from c cannot change (see the module docstring).
-        dc2 = sq[selected[:t]] - 2.0 * (centers[:t] @ c) + sq[point]  # (t,)
-        cand = np.flatnonzero(dc2 < 4.0 * radius2[:t] * (1.0 + _PRUNE_REL) + tol)
-        idx = np.concatenate([members[a] for a in cand])  # grouped by candidate cluster
-        if idx.size * 4 > n:  # most of the bank: one GEMV over z beats gathering its rows
-            d2 = (sq - 2.0 * (z @ c) + sq[point])[idx]
-        else:
-            d2 = sq[idx] - 2.0 * (z[idx] @ c) + sq[point]
-        closer = d2 < mind[idx]
-        closer[idx == point] = True
-        mind[idx[closer]] = np.maximum(d2[closer], 0.0)
-        mind[point] = 0.0
-        members.append(idx[closer])
-        sizes[t] = members[t].size
-        radius2[t] = mind[members[t]].max()
-        # The rest stay in their clusters; each keeps at least its own centre (distance 0), so none is empty.
-        keep = ~closer
-        kept = idx[keep]
-        ends = np.cumsum(sizes[cand])
-        counts = np.add.reduceat(keep, ends - sizes[cand])
-        sizes[cand] = counts
-        bounds = np.cumsum(counts).tolist()
-        lo = 0
-        for a, hi in zip(cand.tolist(), bounds):
-            members[a] = kept[lo:hi]
-            lo = hi
-        radius2[cand] = np.maximum.reduceat(mind[kept], np.asarray(bounds) - counts)
-    return selected
+    z = _as_points(z)
+    check_size(z.shape[0], k)
+    return _KCenter(z, None).run(k, start)
 
 
 def greedy_coreset_reference(
@@ -141,3 +112,254 @@ def coverage_radius(features: np.ndarray, selected: np.ndarray, batch: int = 655
         sq, _ = index.search(x[lo : lo + batch], 1)  # squared L2
         worst = max(worst, float(sq.max()))
     return float(np.sqrt(max(worst, 0.0)))
+
+
+def _as_points(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ConfigError(f"coreset input must be a non-empty (N, D) array, got shape {x.shape}")
+    return x
+
+
+def _mean(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _projection(dim: int, projection_dim: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((dim, projection_dim), dtype=np.float32) / np.float32(np.sqrt(projection_dim))
+
+
+def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """concatenate(arange(lo[i], hi[i]) for all i), without a Python loop."""
+    size = hi - lo
+    out = np.arange(int(size.sum()), dtype=np.int64)
+    out += np.repeat(lo - (np.cumsum(size) - size), size)
+    return out
+
+
+class _KCenter:
+    """The bank in the layout the pruned greedy needs. One instance per run; private."""
+
+    def __init__(self, base: np.ndarray, shift: np.ndarray | None) -> None:
+        # The points are z = base - shift (shift None: z = base). Exact distances use these rows in float64.
+        self.base, self.shift = base, shift
+        n, d = base.shape
+        self.n, self.d = n, d
+        gd = min(_GROUP_DIMS, d)
+        sample = self.rows(slice(0, n, max(1, n // 16384))).astype(_F64)
+        centre = sample.mean(axis=0)
+        _, vecs = np.linalg.eigh((sample - centre).T @ (sample - centre))
+        rotation = np.ascontiguousarray(vecs[:, ::-1], dtype=np.float32)  # (d, d) orthogonal, main axes first
+        centre = centre.astype(np.float32)
+        head = np.empty((n, gd), np.float32)  # the first gd rotated coordinates, for the groups
+        for lo in range(0, n, _ROW_CHUNK):
+            head[lo : lo + _ROW_CHUNK] = (self.rows(slice(lo, lo + _ROW_CHUNK)) - centre) @ rotation[:, :gd]
+        group, self.mu = _kmeans_groups(head, n)
+        radius = np.sqrt(((head.astype(_F64) - self.mu[group]) ** 2).sum(axis=1))  # distance to own centroid
+        del head
+        # Sort by (group, radius): each group is a slice, and an annulus of radii inside it a sub-slice.
+        self.order = np.lexsort((radius, group))  # sorted position -> original row
+        self.group = group[self.order]
+        self.radius = radius[self.order]
+        counts = np.bincount(self.group, minlength=self.mu.shape[0])
+        self.ends = np.cumsum(counts)
+        self.starts = self.ends - counts
+        self.counts = counts
+        self.span = 2.0 * float(radius.max()) + 1.0
+        self.key = self.group * self.span + self.radius  # increasing: searchsorted finds annuli
+        self.rho = np.maximum.reduceat(self.radius, self.starts)  # group radius
+        self.musq = (self.mu * self.mu).sum(axis=1)
+        self.zr = np.empty((n, d), np.float32)  # rotated, centred, in sorted order
+        for lo in range(0, n, _ROW_CHUNK):
+            self.zr[lo : lo + _ROW_CHUNK] = (self.rows(self.order[lo : lo + _ROW_CHUNK]) - centre) @ rotation
+        self.stages = tuple(s for s in _STAGES if s < d) + (d,)
+        first = self.zr[:, : self.stages[0]]
+        self.head_sq = np.einsum("ij,ij->i", first, first)
+        scale = float(np.einsum("ij,ij->i", self.zr, self.zr).max())
+        self.abs2 = _ABS * scale + 1e-30
+        self.eps = _ABS * np.sqrt(scale) + 1e-30
+        self.mind = np.empty(n)  # running squared distance to the nearest centre (float64), in sorted order
+        self.dmax = np.empty(counts.size)  # per group: max of mind
+
+    def rows(self, idx: np.ndarray | slice) -> np.ndarray:
+        """Float32 rows of z by original index (bit for bit the reference's)."""
+        return self.base[idx] if self.shift is None else self.base[idx] - self.shift
+
+    def run(self, k: int, start: int) -> np.ndarray:
+        selected = np.empty(k, dtype=np.int64)
+        selected[0] = start
+        c = self.rows(np.array([start]))[0].astype(_F64)
+        position = np.empty(self.n, np.int64)  # original row -> sorted position
+        position[self.order] = np.arange(self.n)
+        for lo in range(0, self.n, _ROW_CHUNK):  # the first centre: one full pass, like the reference
+            rows = self.rows(slice(lo, lo + _ROW_CHUNK)).astype(_F64)
+            self.mind[position[lo : lo + _ROW_CHUNK]] = ((rows - c) ** 2).sum(axis=1)
+        del position
+        self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+        batch = int(np.clip(2.0 * np.sqrt(k), 128, 1024))
+        t = 1
+        while t < k:
+            if self.dmax.max() <= 0.0:  # everything covered (duplicates only)
+                return selected[:t]
+            picks = self._next_centres(min(batch, k - t))
+            selected[t : t + picks.size] = self.order[picks]
+            t += picks.size
+            self._add_centres(picks)
+        return selected
+
+    def _next_centres(self, want: int) -> np.ndarray:
+        """Sorted positions of the next greedy centres (1..want of them), exactly as the one-at-a-time rule."""
+        # Candidates: the points of the `want` groups with the largest maxima; tau bounds every other point.
+        n_groups = self.dmax.size
+        if n_groups > want:
+            part = np.argpartition(self.dmax, n_groups - want - 1)
+            top, tau = part[n_groups - want :], float(self.dmax[part[n_groups - want - 1]])
+        else:
+            top, tau = np.arange(n_groups), -1.0
+        idx = _ranges(self.starts[top], self.ends[top])
+        vals = self.mind[idx]
+        idx, vals = idx[vals > tau], vals[vals > tau]
+        if idx.size > 2 * want:  # keep the 2 * want largest; the cut-off value joins tau
+            part = np.argpartition(vals, idx.size - 2 * want - 1)
+            tau = max(tau, float(vals[part[idx.size - 2 * want - 1]]))
+            keep = part[idx.size - 2 * want :]
+            idx, vals = idx[keep], vals[keep]
+            idx, vals = idx[vals > tau], vals[vals > tau]
+        by_row = np.argsort(self.order[idx])  # ties go to the lowest original index, as in np.argmax
+        idx, vals = idx[by_row], vals[by_row]
+        picks = self._greedy_among(idx, vals, tau, want) if idx.size else []
+        if picks:
+            return idx[np.asarray(picks)]
+        # The best candidate ties with tau: fall back to one exact global argmax (lowest index among equals).
+        best = self.dmax.max()
+        groups = np.flatnonzero(self.dmax == best)
+        idx = _ranges(self.starts[groups], self.ends[groups])
+        idx = idx[self.mind[idx] == best]
+        return idx[[np.argmin(self.order[idx])]]
+
+    def _greedy_among(self, idx: np.ndarray, vals: np.ndarray, tau: float, want: int) -> list[int]:
+        """The greedy restricted to the candidates, while its pick is provably the global farthest point (> tau)."""
+        zc = self.zr[idx]  # (L, d) rotated, for a cheap lower bound
+        exact = self.rows(self.order[idx]).astype(_F64)  # (L, d) for the exact distances
+        sq = np.einsum("ij,ij->i", zc, zc)
+        lower = sq[:, None] + sq[None, :] - 2.0 * (zc @ zc.T)  # (L, L) squared distances, float32
+        lower -= _REL * (sq[:, None] + sq[None, :]) + self.abs2  # ... made a sure lower bound
+        u = vals.copy()  # the candidates' running distances, updated exactly as the picks come
+        picks: list[int] = []
+        while len(picks) < want:
+            i = int(np.argmax(u))
+            if not u[i] > tau:
+                break
+            picks.append(i)
+            near = np.flatnonzero(lower[i] < u)  # includes i itself
+            if near.size > 1:
+                u[near] = np.minimum(u[near], ((exact[near] - exact[i]) ** 2).sum(axis=1))
+            else:
+                u[i] = 0.0
+        return picks
+
+    def _add_centres(self, picks: np.ndarray) -> None:
+        """mind <- min(mind, d(., c)^2) for every new centre c, computing only the pairs the bounds cannot rule out."""
+        pair_centre, lo, hi = self._annuli(picks)
+        changed = [self.group[picks]]
+        xi, ci = self._first_bound(picks, pair_centre, lo, hi)
+        centres = self.rows(self.order[picks]).astype(_F64)  # (j, d)
+        for a in range(0, xi.size, _PAIR_CHUNK):
+            x, c = self._later_bounds(picks, xi[a : a + _PAIR_CHUNK], ci[a : a + _PAIR_CHUNK])
+            d2 = ((self.rows(self.order[x]).astype(_F64) - centres[c]) ** 2).sum(axis=1)  # the reference's value
+            closer = d2 < self.mind[x]
+            np.minimum.at(self.mind, x[closer], d2[closer])
+            changed.append(self.group[x[closer]])
+        self.mind[picks] = 0.0
+        groups = np.unique(np.concatenate(changed))
+        sizes = self.counts[groups]
+        self.dmax[groups] = np.maximum.reduceat(self.mind[_ranges(self.starts[groups], self.ends[groups])],
+                                                np.cumsum(sizes) - sizes)
+
+    def _annuli(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centre, group) pairs that may hold a closer point, as slices [lo, hi) of the sorted bank, by group.
+
+        A point x of group g (centroid mu, x at radius r) with running distance D(x) <= D_g can only get closer to
+        centre c if |d(c, mu) - r| < D_g (triangle inequality, in the group coordinates: a lower bound).
+        """
+        gd = self.mu.shape[1]
+        head = self.zr[picks, :gd].astype(_F64)
+        dist = np.sqrt(np.maximum((head * head).sum(1)[:, None] + self.musq[None, :] - 2.0 * (head @ self.mu.T), 0))
+        reach = np.sqrt(self.dmax) + self.eps  # (G,)
+        centre, group = np.nonzero(dist - self.rho[None, :] < reach[None, :])
+        d_cg, base = dist[centre, group], group * self.span
+        lo = np.maximum(np.searchsorted(self.key, base + d_cg - reach[group]), self.starts[group])
+        hi = np.minimum(np.searchsorted(self.key, base + d_cg + reach[group], side="right"), self.ends[group])
+        keep = hi > lo
+        by_group = np.argsort(group[keep], kind="stable")
+        return centre[keep][by_group], lo[keep][by_group], hi[keep][by_group]
+
+    def _first_bound(self, picks, pair_centre, lo, hi) -> tuple[np.ndarray, np.ndarray]:
+        """(point, centre) pairs whose distance over the first rotated coordinates is below the point's mind.
+
+        One matrix product per touched group for all the centres that reach it: (rows, s) @ (s, centres).
+        """
+        if lo.size == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        s = self.stages[0]
+        cen = self.zr[picks, :s]
+        weights = -2.0 * cen.T  # (s, j)
+        cen_sq = np.einsum("ij,ij->i", cen, cen)
+        group_of = self.group[lo]
+        heads = np.r_[0, np.flatnonzero(group_of[1:] != group_of[:-1]) + 1]
+        seg_lo = np.minimum.reduceat(lo, heads)
+        seg_hi = np.maximum.reduceat(hi, heads)
+        head = self.zr[:, :s]
+        xs, cs = [], []
+        seg_rows = seg_hi - seg_lo
+        per_group = np.diff(np.r_[heads, lo.size])  # centres reaching each touched group
+        if int(seg_rows.sum()) * picks.size <= 2 * int((seg_rows * per_group).sum()):
+            # Most centres reach most touched rows (early in the run): one product over all of them at once.
+            rows_all = _ranges(seg_lo, seg_hi)
+            step = max(1, _DENSE_ENTRIES // picks.size)
+            for a in range(0, rows_all.size, step):
+                r = rows_all[a : a + step]
+                part = head[r] @ weights
+                part += cen_sq
+                limit = self.mind[r] * (1 + _REL) + self.abs2 - self.head_sq[r]
+                rows, cols = np.nonzero(part < limit[:, None])
+                xs.append(r[rows])
+                cs.append(cols)
+            return np.concatenate(xs), np.concatenate(cs)
+        bounds = np.r_[heads, lo.size].tolist()
+        for i, (a, b) in enumerate(zip(seg_lo.tolist(), seg_hi.tolist())):
+            q = pair_centre[bounds[i] : bounds[i + 1]]
+            part = head[a:b] @ weights[:, q]  # (rows, centres): |x|^2 + |c|^2 - 2 x.c, less the |x|^2 term
+            part += cen_sq[q]
+            limit = self.mind[a:b] * (1 + _REL) + self.abs2 - self.head_sq[a:b]
+            rows, cols = np.nonzero(part < limit[:, None])
+            xs.append(rows + a)
+            cs.append(q[cols])
+        return np.concatenate(xs), np.concatenate(cs)
+
+    def _later_bounds(self, picks, x, c) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the pairs whose partial distance over each longer prefix of coordinates stays below mind."""
+        limit = self.mind[x] * (1 + _REL) + self.abs2
+        part, prev = None, 0
+        for s in self.stages:
+            diff = self.zr[x, prev:s] - self.zr[picks[c], prev:s]
+            inc = np.einsum("ij,ij->i", diff, diff)
+            part = inc if part is None else part + inc
+            ok = part < limit
+            x, c, part, limit, prev = x[ok], c[ok], part[ok], limit[ok], s
+        return x, c
+
+
+def _kmeans_groups(head: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each point (N,) int64, centroids (G, gd) float64); the grouping only affects speed, never results."""
+    n_groups = int(np.clip(n // _GROUP_SIZE, 1, _MAX_GROUPS))
+    if n_groups == 1:
+        return np.zeros(n, np.int64), head.mean(axis=0, dtype=_F64)[None]
+    import faiss
+
+    km = faiss.Kmeans(head.shape[1], n_groups, niter=10, seed=1234, max_points_per_centroid=64)
+    km.train(head)
+    _, assign = km.index.search(head, 1)
+    used, group = np.unique(assign[:, 0], return_inverse=True)
+    return group.astype(np.int64), km.centroids[used].astype(_F64)
