@@ -79,6 +79,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int = 1) -> tuple[np.ndar
 def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Bank vectors (n, D) by id (exact for flat/HNSW/IVF-Flat, the PQ approximation for IVF-PQ)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()
-    if isinstance(index, (faiss.IndexIVF,)) or hasattr(index, "invlists"):
-        faiss.extract_index_ivf(index).make_direct_map()
+    if isinstance(index, faiss.IndexIVF):
+        ivf = faiss.extract_index_ivf(index)
+        if ivf.direct_map.type == faiss.DirectMap.NoMap:  # built once, on first use
+            ivf.make_direct_map()
     return np.stack([index.reconstruct(int(i)) for i in ids]) if ids.size else np.empty((0, index.d), np.float32)

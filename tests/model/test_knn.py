@@ -62,3 +62,10 @@ def test_reconstruct_returns_bank_vectors():
     bank = np.random.default_rng(4).standard_normal((100, 8)).astype(np.float32)
     index = knn.build_index(bank, IndexConfig(), seed=0)
     np.testing.assert_array_equal(knn.reconstruct(index, np.array([3, 7])), bank[[3, 7]])
+
+
+def test_reconstruct_works_on_ivf_indexes():
+    bank = np.random.default_rng(5).standard_normal((2000, 8)).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(kind="ivf_flat", nlist=16), seed=0)
+    np.testing.assert_array_equal(knn.reconstruct(index, np.array([3, 1999])), bank[[3, 1999]])
+    np.testing.assert_array_equal(knn.reconstruct(index, np.array([7])), bank[[7]])  # direct map reused
