@@ -11,14 +11,16 @@ the same float64 expression, and ties go to the lowest index, as np.argmax does)
 1. Batches of centres. Take the L points with the largest running distance and tau, an upper bound on everyone
    else's. Run the greedy on those L alone (an L x L problem): while the best of them is still > tau, it is also
    the global farthest point, so it is the next centre. Late in the run hundreds of centres come out of one batch.
-2. Bounds instead of distances. The bank is rotated onto its principal axes (an orthogonal map: distances do not
-   change), cut into k-means groups, and sorted by (group, distance to the group centroid). The squared distance
-   over the first s rotated coordinates is a lower bound of the full one, so a (point, new centre) pair is only
-   worth computing if that partial sum is below the point's running distance. The triangle inequality around each
-   group centroid limits each centre to an annulus of every nearby group, and the first lower bound is one small
-   matrix product per touched group for all the batch's centres at once.
-3. Only the pairs that survive every bound get the exact float64 distance.
-Memory beyond the input: the rotated float32 copy (N x d) plus a few values per point. No N x N matrix is formed.
+2. Bounds instead of distances. The bank is cut into k-means groups and sorted by (group, distance to the group
+   centroid). Each point also keeps its first 48 coordinates on the bank's principal axes: an orthogonal
+   projection, so the distance there is a lower bound of the true one. A (point, new centre) pair only matters if
+   that bound is below the point's running distance. The triangle inequality around each group centroid limits a
+   centre to an annulus of each nearby group (a slice of the sorted bank), and the bound is one small matrix
+   product per touched group for all the batch's centres at once.
+3. The pairs that survive get the float32 distance, and those still below the running distance the exact float64
+   one (the reference's expression, on the same float32 rows).
+Memory beyond the input: z in sorted order (N x d float32), 48 float32 and about 40 bytes more per point.
+No N x N matrix is ever formed.
 """
 
 from __future__ import annotations
@@ -28,13 +30,12 @@ import numpy as np
 from model.errors import ConfigError
 
 _F64 = np.float64
-_STAGES = (48, 96)  # prefixes of the rotated coordinates used as growing lower bounds (chosen by bench_coreset)
+_BOUND_DIMS = 48  # principal coordinates kept for the lower bound (16: 92 % of bottle's variance, 48: 99 %)
 _GROUP_DIMS = 16  # coordinates the k-means groups and their annuli live in
 _GROUP_SIZE = 256  # points per group on average ...
 _MAX_GROUPS = 1024  # ... up to this many groups
 _PAIR_CHUNK = 1 << 16  # (point, centre) pairs checked at once: bounds the temporaries (64 K x d x 8 bytes)
 _ROW_CHUNK = 1 << 16
-_DENSE_ENTRIES = 1 << 22  # (rows x centres) entries of one bound product: bounds that temporary (16 MB)
 _REL = 1e-4  # slack of every float32 bound against rounding: prune only when the bound clearly exceeds the distance
 _ABS = 1e-5  # ... plus this fraction of the largest squared norm
 
@@ -130,6 +131,14 @@ def _projection(dim: int, projection_dim: int, seed: int) -> np.ndarray:
     return rng.standard_normal((dim, projection_dim), dtype=np.float32) / np.float32(np.sqrt(projection_dim))
 
 
+def _sq_dist64(rows: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """((rows - centres) ** 2).sum(axis=1) in float64, bit for bit the reference's expression, in place."""
+    diff = rows.astype(_F64)
+    np.subtract(diff, centres, out=diff)
+    np.multiply(diff, diff, out=diff)
+    return diff.sum(axis=1)
+
+
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """concatenate(arange(lo[i], hi[i]) for all i), without a Python loop."""
     size = hi - lo
@@ -156,7 +165,10 @@ class _KCenter:
         for lo in range(0, n, _ROW_CHUNK):
             head[lo : lo + _ROW_CHUNK] = (self.rows(slice(lo, lo + _ROW_CHUNK)) - centre) @ rotation[:, :gd]
         group, self.mu = _kmeans_groups(head, n)
-        radius = np.sqrt(((head.astype(_F64) - self.mu[group]) ** 2).sum(axis=1))  # distance to own centroid
+        radius = np.empty(n)  # distance to the own group's centroid
+        for lo in range(0, n, _ROW_CHUNK):
+            diff = head[lo : lo + _ROW_CHUNK].astype(_F64) - self.mu[group[lo : lo + _ROW_CHUNK]]
+            radius[lo : lo + _ROW_CHUNK] = np.sqrt((diff * diff).sum(axis=1))
         del head
         # Sort by (group, radius): each group is a slice, and an annulus of radii inside it a sub-slice.
         self.order = np.lexsort((radius, group))  # sorted position -> original row
@@ -170,13 +182,16 @@ class _KCenter:
         self.key = self.group * self.span + self.radius  # increasing: searchsorted finds annuli
         self.rho = np.maximum.reduceat(self.radius, self.starts)  # group radius
         self.musq = (self.mu * self.mu).sum(axis=1)
-        self.zr = np.empty((n, d), np.float32)  # rotated, centred, in sorted order
+        s1 = min(_BOUND_DIMS, d)
+        self.zs = np.empty((n, d), np.float32)  # z in sorted order: the exact distances read these rows
+        self.y = np.empty((n, s1), np.float32)  # the first s1 rotated coordinates, sorted: the lower bounds
         for lo in range(0, n, _ROW_CHUNK):
-            self.zr[lo : lo + _ROW_CHUNK] = (self.rows(self.order[lo : lo + _ROW_CHUNK]) - centre) @ rotation
-        self.stages = tuple(s for s in _STAGES if s < d) + (d,)
-        first = self.zr[:, : self.stages[0]]
-        self.head_sq = np.einsum("ij,ij->i", first, first)
-        scale = float(np.einsum("ij,ij->i", self.zr, self.zr).max())
+            block = self.rows(self.order[lo : lo + _ROW_CHUNK])
+            self.zs[lo : lo + _ROW_CHUNK] = block
+            self.y[lo : lo + _ROW_CHUNK] = (block - centre) @ rotation[:, :s1]
+        self.centre = centre
+        self.head_sq = np.einsum("ij,ij->i", self.y, self.y)
+        scale = float(np.einsum("ij,ij->i", self.zs, self.zs).max())
         self.abs2 = _ABS * scale + 1e-30
         self.eps = _ABS * np.sqrt(scale) + 1e-30
         self.mind = np.empty(n)  # running squared distance to the nearest centre (float64), in sorted order
@@ -190,12 +205,8 @@ class _KCenter:
         selected = np.empty(k, dtype=np.int64)
         selected[0] = start
         c = self.rows(np.array([start]))[0].astype(_F64)
-        position = np.empty(self.n, np.int64)  # original row -> sorted position
-        position[self.order] = np.arange(self.n)
         for lo in range(0, self.n, _ROW_CHUNK):  # the first centre: one full pass, like the reference
-            rows = self.rows(slice(lo, lo + _ROW_CHUNK)).astype(_F64)
-            self.mind[position[lo : lo + _ROW_CHUNK]] = ((rows - c) ** 2).sum(axis=1)
-        del position
+            self.mind[lo : lo + _ROW_CHUNK] = _sq_dist64(self.zs[lo : lo + _ROW_CHUNK], c)
         self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
         batch = int(np.clip(2.0 * np.sqrt(k), 128, 1024))
         t = 1
@@ -240,8 +251,8 @@ class _KCenter:
 
     def _greedy_among(self, idx: np.ndarray, vals: np.ndarray, tau: float, want: int) -> list[int]:
         """The greedy restricted to the candidates, while its pick is provably the global farthest point (> tau)."""
-        zc = self.zr[idx]  # (L, d) rotated, for a cheap lower bound
-        exact = self.rows(self.order[idx]).astype(_F64)  # (L, d) for the exact distances
+        zc = self.zs[idx] - self.centre  # (L, d), for a cheap lower bound
+        exact = self.zs[idx].astype(_F64)  # (L, d) for the exact distances
         sq = np.einsum("ij,ij->i", zc, zc)
         lower = sq[:, None] + sq[None, :] - 2.0 * (zc @ zc.T)  # (L, L) squared distances, float32
         lower -= _REL * (sq[:, None] + sq[None, :]) + self.abs2  # ... made a sure lower bound
@@ -264,10 +275,10 @@ class _KCenter:
         pair_centre, lo, hi = self._annuli(picks)
         changed = [self.group[picks]]
         xi, ci = self._first_bound(picks, pair_centre, lo, hi)
-        centres = self.rows(self.order[picks]).astype(_F64)  # (j, d)
+        centres = self.zs[picks].astype(_F64)  # (j, d)
         for a in range(0, xi.size, _PAIR_CHUNK):
             x, c = self._later_bounds(picks, xi[a : a + _PAIR_CHUNK], ci[a : a + _PAIR_CHUNK])
-            d2 = ((self.rows(self.order[x]).astype(_F64) - centres[c]) ** 2).sum(axis=1)  # the reference's value
+            d2 = _sq_dist64(self.zs[x], centres[c])
             closer = d2 < self.mind[x]
             np.minimum.at(self.mind, x[closer], d2[closer])
             changed.append(self.group[x[closer]])
@@ -284,7 +295,7 @@ class _KCenter:
         centre c if |d(c, mu) - r| < D_g (triangle inequality, in the group coordinates: a lower bound).
         """
         gd = self.mu.shape[1]
-        head = self.zr[picks, :gd].astype(_F64)
+        head = self.y[picks, :gd].astype(_F64)
         dist = np.sqrt(np.maximum((head * head).sum(1)[:, None] + self.musq[None, :] - 2.0 * (head @ self.mu.T), 0))
         reach = np.sqrt(self.dmax) + self.eps  # (G,)
         centre, group = np.nonzero(dist - self.rho[None, :] < reach[None, :])
@@ -302,31 +313,15 @@ class _KCenter:
         """
         if lo.size == 0:
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        s = self.stages[0]
-        cen = self.zr[picks, :s]
+        cen = self.y[picks]
         weights = -2.0 * cen.T  # (s, j)
         cen_sq = np.einsum("ij,ij->i", cen, cen)
         group_of = self.group[lo]
         heads = np.r_[0, np.flatnonzero(group_of[1:] != group_of[:-1]) + 1]
         seg_lo = np.minimum.reduceat(lo, heads)
         seg_hi = np.maximum.reduceat(hi, heads)
-        head = self.zr[:, :s]
+        head = self.y
         xs, cs = [], []
-        seg_rows = seg_hi - seg_lo
-        per_group = np.diff(np.r_[heads, lo.size])  # centres reaching each touched group
-        if int(seg_rows.sum()) * picks.size <= 2 * int((seg_rows * per_group).sum()):
-            # Most centres reach most touched rows (early in the run): one product over all of them at once.
-            rows_all = _ranges(seg_lo, seg_hi)
-            step = max(1, _DENSE_ENTRIES // picks.size)
-            for a in range(0, rows_all.size, step):
-                r = rows_all[a : a + step]
-                part = head[r] @ weights
-                part += cen_sq
-                limit = self.mind[r] * (1 + _REL) + self.abs2 - self.head_sq[r]
-                rows, cols = np.nonzero(part < limit[:, None])
-                xs.append(r[rows])
-                cs.append(cols)
-            return np.concatenate(xs), np.concatenate(cs)
         bounds = np.r_[heads, lo.size].tolist()
         for i, (a, b) in enumerate(zip(seg_lo.tolist(), seg_hi.tolist())):
             q = pair_centre[bounds[i] : bounds[i + 1]]
@@ -340,15 +335,11 @@ class _KCenter:
 
     def _later_bounds(self, picks, x, c) -> tuple[np.ndarray, np.ndarray]:
         """Keep the pairs whose partial distance over each longer prefix of coordinates stays below mind."""
-        limit = self.mind[x] * (1 + _REL) + self.abs2
-        part, prev = None, 0
-        for s in self.stages:
-            diff = self.zr[x, prev:s] - self.zr[picks[c], prev:s]
-            inc = np.einsum("ij,ij->i", diff, diff)
-            part = inc if part is None else part + inc
-            ok = part < limit
-            x, c, part, limit, prev = x[ok], c[ok], part[ok], limit[ok], s
-        return x, c
+        if self.y.shape[1] == self.d:  # the first bound was already the whole distance
+            return x, c
+        diff = self.zs[x] - self.zs[picks[c]]
+        ok = np.einsum("ij,ij->i", diff, diff) < self.mind[x] * (1 + _REL) + self.abs2
+        return x[ok], c[ok]
 
 
 def _kmeans_groups(head: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

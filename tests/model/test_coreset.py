@@ -84,3 +84,48 @@ def test_projection_is_seeded_and_reduces_dimension():
 def test_bad_sizes_raise(k):
     with pytest.raises(ConfigError, match="cannot select"):
         greedy_coreset(np.zeros((100, 4), np.float32), k, projection_dim=None, seed=0)
+
+
+def naive_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
+    """The reference loop on given points (no projection, no centring)."""
+    z = z.astype(np.float64)
+    mind, point, out = np.full(len(z), np.inf), start, []
+    for _ in range(k):
+        out.append(point)
+        mind = np.minimum(mind, ((z - z[point]) ** 2).sum(axis=1))
+        point = int(np.argmax(mind))
+        if mind[point] <= 0.0:
+            break
+    return np.array(out)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_bit_exact_with_reference_through_groups_and_batches(projection_dim):
+    """Large enough for k-means groups (n / 256 of them) and many batches of centres: still the same picks."""
+    x = blobs(8000, 32, seed=6)
+    fast = greedy_coreset(x, 1500, projection_dim=projection_dim, seed=4)
+    slow = greedy_coreset_reference(x, 1500, projection_dim=projection_dim, seed=4)
+    np.testing.assert_array_equal(fast, slow)
+
+
+def test_exact_ties_go_to_the_lowest_index_like_the_reference():
+    """A shuffled integer lattice: distances tie exactly all the time; np.argmax's first-index rule must hold."""
+    grid = np.stack(np.meshgrid(np.arange(40), np.arange(40)), -1).reshape(-1, 2).astype(np.float32)
+    grid = grid[np.random.default_rng(0).permutation(len(grid))]
+    np.testing.assert_array_equal(
+        greedy_coreset(grid, 400, projection_dim=None, seed=1),
+        greedy_coreset_reference(grid, 400, projection_dim=None, seed=1),
+    )
+
+
+def test_duplicates_stop_at_the_distinct_count_like_the_reference():
+    grid = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2).astype(np.float32)
+    x = np.repeat(grid, 3, axis=0)[np.random.default_rng(1).permutation(1200)]
+    fast = greedy_coreset(x, 1000, projection_dim=None, seed=2)
+    np.testing.assert_array_equal(fast, greedy_coreset_reference(x, 1000, projection_dim=None, seed=2))
+    assert len(fast) == 400
+
+
+def test_k_center_on_uncentred_points_equals_the_naive_loop():
+    z = blobs(3000, 16, seed=3) + np.float32(50.0)  # large norms: the float32 bounds must stay conservative
+    np.testing.assert_array_equal(greedy_k_center(z, 500, start=7), naive_k_center(z, 500, start=7))
