@@ -29,6 +29,7 @@ import common  # noqa: E402
 
 PATCHES_PER_IMAGE = 1024  # 32 x 32 grid of the default config
 DIM = 128
+DEFAULT_CHUNK = 2_000_000  # patchcore-build-index --max-chunk-patches default
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,8 +82,19 @@ def run_build(n: int, images: list[Path], calib: Path, args: argparse.Namespace)
         "extract_s": stages.get("extract"), "coreset_s": stages.get("coreset"), "index_s": stages.get("index"),
         "calibration_s": stages.get("calibration"), "load_model_s": stages.get("load_model"),
         "build_s": summary["build_seconds"], "wall_s": round(wall, 1), "peak_rss_mb": summary["peak_rss_mb"],
-        "all_patches_mb": round(patches * DIM * 4 / 2**20, 1), "bank_mb": round(summary["bank_size"] * DIM * 4 / 2**20, 1),
+        "all_patches_mb": _mb(patches), "buffer_mb": _mb(_buffer_rows(patches, summary["bank_size"], args)),
+        "bank_mb": _mb(summary["bank_size"]),
     }
+
+
+def _buffer_rows(patches: int, bank: int, args: argparse.Namespace) -> int:
+    """Rows of the builder's one embedding buffer: every patch, or one chunk plus the bank (sequential coreset)."""
+    chunk = args.max_chunk_patches or DEFAULT_CHUNK
+    return patches if patches <= chunk else chunk + bank
+
+
+def _mb(rows: int) -> float:
+    return round(rows * DIM * 4 / 2**20, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"n={n}: {json.dumps(row)}", file=sys.stderr, flush=True)
         _save(record, args)
     cols = ["n", "status", "patches", "bank", "decode_s_est", "extract_s", "coreset_s", "index_s", "calibration_s",
-            "build_s", "peak_rss_mb", "all_patches_mb", "bank_mb", "coreset_method"]
+            "build_s", "peak_rss_mb", "all_patches_mb", "buffer_mb", "bank_mb", "coreset_method"]
     print(common.table(record["rows"], cols, "patchcore-build-index stages (seconds) and peak RSS (MiB)"))
     common.write_json("bench_build" + ("_quick" if args.quick else ""), record, args.json_out)
     return 0

@@ -48,7 +48,7 @@ class IndexMetadata:
     grid: tuple[int, int]  # (h, w) patch grid per image
     bank_size: int  # vectors in the memory bank == index.ntotal
     n_patches_seen: int  # patch embeddings the coreset chose from
-    coreset_method: str  # "single-pass" or "hierarchical(chunks=N)"
+    coreset_method: str  # "single-pass" or "sequential(chunks=N)"
     index_sha256: str
     calibration: Calibration
     provenance: Provenance

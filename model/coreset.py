@@ -36,6 +36,7 @@ _GROUP_SIZE = 256  # points per group on average ...
 _MAX_GROUPS = 1024  # ... up to this many groups
 _PAIR_CHUNK = 1 << 16  # (point, centre) pairs checked at once: bounds the temporaries (64 K x d x 8 bytes)
 _ROW_CHUNK = 1 << 16
+_FIXED_BATCH = 1024  # fixed centres added per bound update (bounds the centres x groups temporaries)
 _REL = 1e-4  # slack of every float32 bound against rounding: prune only when the bound clearly exceeds the distance
 _ABS = 1e-5  # ... plus this fraction of the largest squared norm
 
@@ -59,15 +60,24 @@ def check_size(n_points: int, n_select: int) -> None:
         raise ConfigError(f"cannot select {n_select} coreset points out of {n_points}; need 1 <= k <= N")
 
 
-def greedy_coreset(features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int) -> np.ndarray:
-    """Indices (k,) int64 of the greedy k-center coreset, in selection order, first one the seeded start."""
+def greedy_coreset(
+    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None
+) -> np.ndarray:
+    """Indices (k,) int64 of the greedy k-center coreset, in selection order, first one the seeded start.
+
+    With `fixed` (row indices already chosen, e.g. the memory bank built so far, stacked in front of new rows), the
+    running distances start from those rows and the n_select picks extend them: the first pick is the point
+    farthest from every fixed row, and no fixed row is returned. Fewer than n_select come back only when every
+    point is already covered at distance 0 (duplicates).
+    """
     x = _as_points(features)
-    check_size(x.shape[0], n_select)
+    fixed = None if fixed is None or len(fixed) == 0 else np.unique(np.asarray(fixed, dtype=np.int64))
+    check_size(x.shape[0] - (0 if fixed is None else fixed.size), n_select)
     start = start_index(x.shape[0], seed)
     if projection_dim is None or projection_dim >= x.shape[1]:
         # z = x - mean, never materialised: rows are rebuilt (bit for bit) when needed. Saves one N x D copy.
-        return _KCenter(x, _mean(x)).run(n_select, start)
-    return _KCenter(project(x, projection_dim, seed), None).run(n_select, start)
+        return _KCenter(x, _mean(x)).run(n_select, start, fixed)
+    return _KCenter(project(x, projection_dim, seed), None).run(n_select, start, fixed)
 
 
 def greedy_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
@@ -82,20 +92,23 @@ def greedy_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
 
 
 def greedy_coreset_reference(
-    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int
+    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None
 ) -> np.ndarray:
     """The straightforward O(N * k * d) greedy, one full numpy pass per centre. Slow; the fast path's reference."""
     z = project(features, projection_dim, seed).astype(np.float64)
-    check_size(z.shape[0], n_select)
-    point = start_index(z.shape[0], seed)
+    fixed = () if fixed is None else np.unique(np.asarray(fixed, dtype=np.int64))
+    check_size(z.shape[0] - len(fixed), n_select)
     mind = np.full(z.shape[0], np.inf)
+    for f in fixed:
+        mind = np.minimum(mind, ((z - z[f]) ** 2).sum(axis=1))
+    point = start_index(z.shape[0], seed) if len(fixed) == 0 else int(np.argmax(mind))
     selected = np.empty(n_select, dtype=np.int64)
     for t in range(n_select):
+        if mind[point] <= 0.0:  # everything covered (duplicates only)
+            return selected[:t]
         selected[t] = point
         mind = np.minimum(mind, ((z - z[point]) ** 2).sum(axis=1))
         point = int(np.argmax(mind))
-        if mind[point] <= 0.0:  # everything covered (duplicates only)
-            return selected[: t + 1]
     return selected
 
 
@@ -201,15 +214,28 @@ class _KCenter:
         """Float32 rows of z by original index (bit for bit the reference's)."""
         return self.base[idx] if self.shift is None else self.base[idx] - self.shift
 
-    def run(self, k: int, start: int) -> np.ndarray:
+    def run(self, k: int, start: int, fixed: np.ndarray | None = None) -> np.ndarray:
+        """k greedy centres (original row indices). With `fixed` (original rows already chosen as centres), the
+        running distances start from those, and the k picks (none of them fixed) follow from the farthest point."""
         selected = np.empty(k, dtype=np.int64)
-        selected[0] = start
-        c = self.rows(np.array([start]))[0].astype(_F64)
+        if fixed is not None and fixed.size:
+            position = np.empty(self.n, np.int64)  # original row -> sorted position
+            position[self.order] = np.arange(self.n)
+            first, rest, t = position[fixed[0]], position[fixed[1:]], 0
+        else:
+            selected[0], first, rest, t = start, None, None, 1
+        c = self.rows(np.array([start if first is None else self.order[first]]))[0].astype(_F64)
         for lo in range(0, self.n, _ROW_CHUNK):  # the first centre: one full pass, like the reference
             self.mind[lo : lo + _ROW_CHUNK] = _sq_dist64(self.zs[lo : lo + _ROW_CHUNK], c)
         self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+        if first is not None:
+            self.mind[first] = 0.0
+            a = 0
+            while a < rest.size:  # growing batches: while the running distances are large, bounds prune little
+                b = int(np.clip(a // 4, 16, _FIXED_BATCH))
+                self._add_centres(rest[a : a + b])
+                a += b
         batch = int(np.clip(2.0 * np.sqrt(k), 128, 1024))
-        t = 1
         while t < k:
             if self.dmax.max() <= 0.0:  # everything covered (duplicates only)
                 return selected[:t]

@@ -92,23 +92,45 @@ def test_training_images_score_below_the_threshold(bundle, sample_dir):
     assert np.mean(scores) < bundle.metadata.calibration.mean  # seen images sit closer to the bank than unseen
 
 
-def test_hierarchical_coreset_stays_close_to_single_pass(sample_dir):
-    """Chunks of 4 images, each reduced to its own coreset, then merged: the bank covers the data almost as well."""
+def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(sample_dir):
+    """Chunks of 4 images: each extends the bank so far. The bank is what the numpy reference greedy gives for the
+    same chunks, and it covers the training patches almost as well as one greedy over all of them."""
+    from index_store.images import read_image
+    from model.coreset import greedy_coreset_reference
+    from model.features import PatchEmbedder
+
     paths = list_images(sample_dir)
     config = PatchCoreConfig(image_size=64, coreset_ratio=0.1)
     single = build_index(paths, config, BuildOptions(progress=False))
     chunked = build_index(paths, config, BuildOptions(progress=False, max_chunk_patches=4 * 64, batch_size=4))
     assert single.metadata.coreset_method == "single-pass"
-    assert chunked.metadata.coreset_method.startswith("hierarchical(chunks=3")
+    assert chunked.metadata.coreset_method == "sequential(chunks=3)"
     assert abs(chunked.index.ntotal - single.index.ntotal) <= 1
-    # Both banks judged on the same patches: all training patch embeddings.
-    from model.features import PatchEmbedder
-    from index_store.images import read_image
 
     emb = PatchEmbedder(config)
     train, _ = split_holdout(paths, 0.1, seed=config.seed)
-    feats = np.concatenate([emb.embed([read_image(p)[0]]).reshape(-1, emb.dim) for p in train])
+    batches = [emb.embed([read_image(p)[0] for p in train[i : i + 4]]).reshape(-1, emb.dim)
+               for i in range(0, len(train), 4)]
+    feats = np.concatenate(batches)
+    # The reference: the same chunks (the buffer holds 256 new rows behind the bank), the plain numpy greedy.
+    bank_ref, pending = np.empty((0, emb.dim), np.float32), []
+    capacity = 256 + int(round(0.1 * len(feats))) + -(-len(feats) // 256)
+
+    def extend(bank, pending):
+        rows = np.concatenate([bank, *pending])
+        k = max(1, int(round(0.1 * (len(rows) - len(bank)))))
+        picked = greedy_coreset_reference(rows, k, projection_dim=config.projection_dim, seed=config.seed,
+                                          fixed=np.arange(len(bank)))
+        return np.concatenate([bank, rows[picked]])
+
+    for b in batches:
+        if len(bank_ref) + sum(map(len, pending)) + len(b) > capacity:
+            bank_ref, pending = extend(bank_ref, pending), []
+        pending.append(b)
+    bank_ref = extend(bank_ref, pending)
     bank = lambda r: np.stack([r.index.reconstruct(i) for i in range(r.index.ntotal)])  # noqa: E731
+    np.testing.assert_allclose(bank(chunked), bank_ref, rtol=1e-5, atol=1e-5)
+
     both = lambda b: np.concatenate([b, feats])  # noqa: E731
     r_single = coverage_radius(both(bank(single)), np.arange(single.index.ntotal))
     r_chunked = coverage_radius(both(bank(chunked)), np.arange(chunked.index.ntotal))

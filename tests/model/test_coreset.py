@@ -129,3 +129,26 @@ def test_duplicates_stop_at_the_distinct_count_like_the_reference():
 def test_k_center_on_uncentred_points_equals_the_naive_loop():
     z = blobs(3000, 16, seed=3) + np.float32(50.0)  # large norms: the float32 bounds must stay conservative
     np.testing.assert_array_equal(greedy_k_center(z, 500, start=7), naive_k_center(z, 500, start=7))
+
+
+@pytest.mark.parametrize(("n_fixed", "projection_dim"), [(1, None), (700, None), (2500, 8)])
+def test_extending_fixed_rows_equals_the_reference(n_fixed, projection_dim):
+    """The builder's sequential chunks: the bank so far is stacked first and kept; the new picks extend it."""
+    x = blobs(6000, 24, seed=8)
+    fixed = np.random.default_rng(2).choice(len(x), n_fixed, replace=False)
+    fast = greedy_coreset(x, 900, projection_dim=projection_dim, seed=1, fixed=fixed)
+    slow = greedy_coreset_reference(x, 900, projection_dim=projection_dim, seed=1, fixed=fixed)
+    np.testing.assert_array_equal(fast, slow)
+    assert not np.isin(fast, fixed).any()
+    # The first pick is the point farthest from the fixed rows.
+    d = ((x[:, None, :].astype(np.float64) - x[fixed[:50]][None]) ** 2).sum(-1).min(1) if n_fixed <= 50 else None
+    if d is not None:
+        assert fast[0] == int(np.argmax(d))
+
+
+def test_extending_stops_when_the_fixed_rows_cover_everything():
+    grid = np.stack(np.meshgrid(np.arange(10), np.arange(10)), -1).reshape(-1, 2).astype(np.float32)
+    x = np.concatenate([grid, grid[::-1]])  # the second half duplicates the first
+    out = greedy_coreset(x, 50, projection_dim=None, seed=0, fixed=np.arange(100))
+    assert out.size == 0
+    np.testing.assert_array_equal(out, greedy_coreset_reference(x, 50, projection_dim=None, seed=0, fixed=np.arange(100)))
