@@ -10,8 +10,11 @@ the ORIGINAL embedding space.
   --ref-steps picks, and both are run to the end on a 10 % subsample (every 10th embedding) and must be equal.
 - random: a seeded random subset of the same size.
 - projection: the random projection's dimension (32, 64, none) -> time and radius, at 10 %.
-- hierarchical: the builder's chunked scheme (index_store/build.py: greedy per chunk at chunk_oversample x ratio,
-  survivors pooled, a final greedy), mirrored here, for a few chunk sizes and oversample factors -> radius / single.
+- chunked: what the builder does when the patches do not fit its buffer (index_store/build.py: chunks in image
+  order, each chunk's greedy seeded with the bank so far as fixed centres, adding ratio x the chunk), mirrored
+  here, against the textbook composable scheme (a coreset per chunk at 2 x the ratio, merged by a final greedy)
+  and against one greedy over everything -> radius / single pass. On the bottle bank (chunks of 50k and 100k
+  rows, 1 % and 10 %) and on 1 M patches of 1,000 augmented bottle images (chunks of 250k and 500k rows, 1 %).
 
     python bench/bench_coreset.py            # about 10 minutes on 2 cores
     python bench/bench_coreset.py --quick    # a 50k subset, fewer settings: about a minute
@@ -39,25 +42,56 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ratios", type=float, nargs="+", default=[0.01, 0.1, 0.25])
     p.add_argument("--ref-steps", type=int, default=300, help="reference steps timed (then extrapolated)")
     p.add_argument("--projections", type=int, nargs="+", default=[32, 64, 0], help="0: no projection")
-    p.add_argument("--chunks", type=int, nargs="+", default=[25_000, 50_000, 100_000], help="chunk sizes (rows)")
-    p.add_argument("--oversample", type=float, nargs="+", default=[1.0, 2.0, 4.0])
-    p.add_argument("--hier-ratios", type=float, nargs="+", default=[0.01, 0.1])
+    p.add_argument("--chunks", type=int, nargs="+", default=[50_000, 100_000], help="chunk sizes (rows), bottle")
+    p.add_argument("--big-chunks", type=int, nargs="+", default=[250_000, 500_000],
+                   help="chunk sizes (rows) on the 1M augmented bank; 0: skip that bank")
+    p.add_argument("--chunk-ratios", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--threads", type=int, help="torch/OpenMP/FAISS threads (default: all cores)")
     p.add_argument("--json-out", type=Path)
     return p.parse_args(argv)
 
 
-def hierarchical(x: np.ndarray, ratio: float, chunk: int, oversample: float, projection_dim, seed: int):
-    """The builder's chunked coreset (index_store/build.py, _stream_coreset), on rows in their image order."""
-    chunk_ratio = min(1.0, ratio * oversample)
+def sequential(x: np.ndarray, ratio: float, chunk: int, projection_dim, seed: int) -> np.ndarray:
+    """The builder's chunked coreset (index_store/build.py, _stream_coreset) on rows in image order: each chunk's
+    greedy starts from the bank so far (fixed centres) and adds ratio x the chunk's rows to it."""
+    bank = np.empty((0, x.shape[1]), np.float32)
+    for lo in range(0, x.shape[0], chunk):
+        rows = np.concatenate([bank, x[lo : lo + chunk]])
+        k = max(1, int(round(ratio * (rows.shape[0] - bank.shape[0]))))
+        picked = greedy_coreset(rows, k, projection_dim=projection_dim, seed=seed, fixed=np.arange(bank.shape[0]))
+        bank = np.concatenate([bank, rows[picked]])
+    return bank
+
+
+def merged(x: np.ndarray, ratio: float, chunk: int, projection_dim, seed: int, oversample: float = 2.0):
+    """The textbook composable scheme: a greedy coreset per chunk at oversample x ratio, then a final greedy."""
     pool = []
     for lo in range(0, x.shape[0], chunk):
         part = x[lo : lo + chunk]
-        k = max(1, int(round(chunk_ratio * part.shape[0])))
+        k = max(1, int(round(min(1.0, ratio * oversample) * part.shape[0])))
         pool.append(part[greedy_coreset(part, k, projection_dim=projection_dim, seed=seed)])
     pool = np.concatenate(pool)
     k = min(pool.shape[0], max(16, int(round(ratio * x.shape[0]))))
     return pool[greedy_coreset(pool, k, projection_dim=projection_dim, seed=seed)]
+
+
+def chunked_rows(x: np.ndarray, name: str, ratios, chunks, proj) -> list[dict]:
+    rows = []
+    for ratio in ratios:
+        k = int(round(ratio * x.shape[0]))
+        t_s, sel = common.timed(greedy_coreset, x, k, projection_dim=proj, seed=0)
+        single = coverage_radius(x, sel)
+        rows.append({"bank": name, "ratio": ratio, "method": "single pass", "chunk_rows": x.shape[0],
+                     "time_s": round(t_s, 2), "radius": round(single, 4), "radius_vs_single": 1.0})
+        for chunk in chunks:
+            for method, fn in (("sequential (builder)", sequential), ("merged (per-chunk + final)", merged)):
+                t_c, bank = common.timed(fn, x, ratio, chunk, proj, 0)
+                radius = common.coverage_radius_of(x, bank)
+                rows.append({"bank": name, "ratio": ratio, "method": method, "chunk_rows": chunk,
+                             "time_s": round(t_c, 2), "radius": round(radius, 4),
+                             "radius_vs_single": round(radius / single, 3)})
+                print(f"chunked: {rows[-1]}", file=sys.stderr, flush=True)
+    return rows
 
 
 def coverage_radius(x: np.ndarray, selected: np.ndarray) -> float:
@@ -72,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     x = common.bottle_train_embeddings()
     if args.quick:
         x = x[:50_176]  # the first 49 images
-        args.ratios, args.ref_steps, args.chunks, args.oversample = [0.01, 0.1], 50, [12_544], [1.0, 2.0]
-        args.projections, args.hier_ratios = [32, 0], [0.1]
+        args.ratios, args.ref_steps, args.chunks, args.big_chunks = [0.01, 0.1], 50, [12_544], []
+        args.projections, args.chunk_ratios = [32, 0], [0.1]
     n, dim = x.shape
     proj = config.projection_dim if config.projection_dim and config.projection_dim < dim else None
     record = {"bench": "coreset", "machine": common.machine(), "threads": threads, "bank": [n, dim],
@@ -120,23 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         t_p, sel = common.timed(greedy_coreset, x, k10, projection_dim=pd, seed=0)
         proj_rows.append({"projection_dim": pd or f"none ({dim})", "ratio": 0.1, "k": k10, "fast_s": round(t_p, 2),
                           "radius": round(coverage_radius(x, sel), 4)})
-    base = next((r["radius"] for r in proj_rows if str(r["projection_dim"]).startswith("none")), proj_rows[-1]["radius"])
+    none = [r["radius"] for r in proj_rows if str(r["projection_dim"]).startswith("none")]
+    base = none[0] if none else proj_rows[-1]["radius"]
     for r in proj_rows:
         r["radius_vs_none"] = round(r["radius"] / base, 3)
     record["projection"] = proj_rows
 
-    hier_rows = []
-    for ratio in args.hier_ratios:
-        k = int(round(ratio * n))
-        single = coverage_radius(x, greedy_coreset(x, k, projection_dim=proj, seed=0))
-        for chunk in args.chunks:
-            for over in args.oversample:
-                t_h, bank = common.timed(hierarchical, x, ratio, chunk, over, proj, 0)
-                radius = common.coverage_radius_of(x, bank)
-                hier_rows.append({"ratio": ratio, "chunk_rows": chunk, "oversample": over, "time_s": round(t_h, 2),
-                                  "radius": round(radius, 4), "radius_single_pass": round(single, 4),
-                                  "radius_vs_single": round(radius / single, 3)})
-    record["hierarchical"] = hier_rows
+    chunk_rows = chunked_rows(x, f"bottle {n // 1000}k", args.chunk_ratios, args.chunks, proj)
+    if any(c > 0 for c in args.big_chunks):
+        big = np.ascontiguousarray(common.augmented_embeddings(1000))
+        chunk_rows += chunked_rows(big, f"augmented {big.shape[0] // 1000}k", [0.01], [c for c in args.big_chunks if c > 0], proj)
+    record["chunked"] = chunk_rows
 
     print(common.table(rows, ["ratio", "k", "fast_s", "fast_ms_per_step", "reference_ms_per_step",
                               "reference_s_extrapolated", "speedup_vs_reference", "same_first_picks_as_reference",
@@ -147,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(common.table(proj_rows, title="projection dimension at 10 % (radius in the original 128-d space)"))
     print()
-    print(common.table(hier_rows, title="hierarchical (chunked) coreset vs single pass"))
+    print(common.table(chunk_rows, title="chunked coreset (the builder's, and per-chunk + final merge) vs single pass"))
     common.write_json("bench_coreset" + ("_quick" if args.quick else ""), record, args.json_out)
     return 0
 

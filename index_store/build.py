@@ -224,17 +224,17 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
     stages.add("extract", time.perf_counter() - t_extract - stages.seconds.get("coreset", 0.0))
     stages.done("extract")
 
-    t = time.perf_counter()
     if sequential:
         if fill > banked:
-            extend_bank()
+            extend_bank()  # times itself
         bank, method = buffer[:banked].copy(), f"sequential(chunks={n_chunks})"
     else:
+        t = time.perf_counter()
         k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
         picked = greedy_coreset(buffer[:fill], k, projection_dim=config.projection_dim, seed=config.seed)
         bank, method = buffer[picked], "single-pass"
+        stages.add("coreset", time.perf_counter() - t)
     del buffer
-    stages.add("coreset", time.perf_counter() - t)
     stages.done("coreset")
     return bank, n_seen, n_used, method, digests
 
