@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--figures", type=int, default=3, help="sample figures per category (0: none)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch/OpenMP/FAISS threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="torch, OpenMP, FAISS and BLAS threads (default: all cores)")
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="good train images held out to calibrate")
     parser.add_argument("--target-fpr", type=float, default=0.01, help="expected false-positive rate on good parts")
     parser.add_argument("--no-progress", action="store_true")

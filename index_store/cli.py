@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch/OpenMP/FAISS threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="torch, OpenMP, FAISS and BLAS threads (default: all cores)")
     parser.add_argument("--calibration-data", type=Path, help="folder of good images used only for the threshold")
     parser.add_argument("--holdout-fraction", type=float, default=0.1, help="good images held out to calibrate")
     parser.add_argument("--target-fpr", type=float, default=0.01, help="expected false-positive rate on good parts")

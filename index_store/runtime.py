@@ -17,16 +17,18 @@ def default_threads() -> int:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Give torch (intra-op), OpenMP and FAISS the same thread count (default: the usable cores)."""
+    """Give torch (intra-op), OpenMP, FAISS and numpy's BLAS the same thread count (default: the usable cores)."""
     import faiss
     import torch
+    from threadpoolctl import threadpool_limits
 
-    n = int(threads) if threads else default_threads()
+    n = default_threads() if threads is None else int(threads)
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {threads}")
     os.environ["OMP_NUM_THREADS"] = str(n)  # for OpenMP runtimes not yet started (child processes too)
     torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
+    threadpool_limits(limits=n)  # every BLAS/OpenMP pool already loaded: numpy's (the coreset's products) too
     return n
 
 

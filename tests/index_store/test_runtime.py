@@ -1,0 +1,34 @@
+"""configure_threads: the one place that sets every thread pool of the process."""
+
+import faiss
+import numpy as np  # noqa: F401  (loads numpy's BLAS, whose pool must follow the setting too)
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from index_store.runtime import configure_threads, default_threads
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    configure_threads(before)
+
+
+def test_every_pool_gets_the_same_count(restore_threads):
+    assert configure_threads(1) == 1
+    assert torch.get_num_threads() == 1
+    assert faiss.omp_get_max_threads() == 1
+    blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+    assert blas and all(p["num_threads"] == 1 for p in blas)
+
+
+def test_default_is_the_usable_cores(restore_threads):
+    assert configure_threads(None) == default_threads()
+    assert torch.get_num_threads() == default_threads()
+
+
+def test_bad_count_raises():
+    with pytest.raises(ValueError, match=">= 1"):
+        configure_threads(0)
