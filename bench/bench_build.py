@@ -5,12 +5,13 @@ images (random 75-100 % crop, horizontal/vertical flips, rotation, brightness/co
 to /tmp as 256 x 256 PNG (the default model resizes every image to 256 x 256 anyway). Each n is built in its own
 subprocess (`python -m index_store.cli ... --json`), so the peak RSS it reports (ru_maxrss) is that build's alone.
 Every build uses the same fixed calibration folder (--calibration-data, 32 other augmented images): the default
-10 % holdout would score 2000 images against a 2M-vector flat bank at n = 20000, hours on 2 cores.
+10 % holdout would score 2,000 images against the 205k-vector bank at n = 20000, about 16 more minutes on 2 cores,
+that measure search rather than the build.
 
 Decode is measured separately (single thread, same PNGs, times n): inside the builder it runs on a thread pool
 that overlaps the extraction, whose time it is part of.
 
-    python bench/bench_build.py                 # n = 200, 1000, 5000, 20000 (20000 takes about an hour)
+    python bench/bench_build.py                 # n = 200, 1000, 5000, 20000: about 65 minutes (20000: 54)
     python bench/bench_build.py --quick         # n = 100, 400 with a small chunk buffer (both coreset paths)
     python bench/bench_build.py --sizes 200 1000 --threads 2
 """

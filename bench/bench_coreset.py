@@ -16,7 +16,7 @@ the ORIGINAL embedding space.
   and against one greedy over everything -> radius / single pass. On the bottle bank (chunks of 50k and 100k
   rows, 1 % and 10 %) and on 1 M patches of 1,000 augmented bottle images (chunks of 250k and 500k rows, 1 %).
 
-    python bench/bench_coreset.py            # about 10 minutes on 2 cores
+    python bench/bench_coreset.py            # about 6 minutes on 2 cores
     python bench/bench_coreset.py --quick    # a 50k subset, fewer settings: about a minute
 """
 

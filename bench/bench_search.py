@@ -18,7 +18,7 @@ AUROC: a memory bank is built from all bottle training embeddings at the coreset
 and 10 %), every index kind holds it, and the 83 test images are scored (image AUROC of s*, pixel AUROC of the
 anomaly maps at <= 256 px).
 
-    python bench/bench_search.py            # about 15 minutes on 2 cores (the 1M HNSW build is most of it)
+    python bench/bench_search.py            # about 6 minutes on 2 cores (the 1M HNSW build is half of it)
     python bench/bench_search.py --quick    # banks 1k and 10k, AUROC at 1 %
 """
 
