@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from model.config import PatchCoreConfig  # noqa: E402
-from model.coreset import greedy_coreset, greedy_coreset_reference  # noqa: E402
+from model.coreset import greedy_coreset, greedy_coreset_reference, nearest_sq_distances  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -56,10 +56,11 @@ def sequential(x: np.ndarray, ratio: float, chunk: int, projection_dim, seed: in
     greedy starts from the bank so far (fixed centres) and adds ratio x the chunk's rows to it."""
     bank = np.empty((0, x.shape[1]), np.float32)
     for lo in range(0, x.shape[0], chunk):
-        rows = np.concatenate([bank, x[lo : lo + chunk]])
-        k = max(1, int(round(ratio * (rows.shape[0] - bank.shape[0]))))
-        picked = greedy_coreset(rows, k, projection_dim=projection_dim, seed=seed, fixed=np.arange(bank.shape[0]))
-        bank = np.concatenate([bank, rows[picked]])
+        new = np.ascontiguousarray(x[lo : lo + chunk])
+        k = max(1, int(round(ratio * new.shape[0])))
+        initial = nearest_sq_distances(new, bank, projection_dim=projection_dim, seed=seed) if len(bank) else None
+        picked = greedy_coreset(new, k, projection_dim=projection_dim, seed=seed, initial=initial)
+        bank = np.concatenate([bank, new[picked]])
     return bank
 
 

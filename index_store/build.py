@@ -7,8 +7,8 @@ Memory never grows with the number of images. Patch embeddings stream into one p
 patch fits (``max_chunk_patches`` rows), the coreset is the exact single-pass greedy. Otherwise the builder runs the
 greedy in sequence over chunks: the buffer keeps the memory bank built so far at its head and the newest chunk of
 patches behind it; when it is full, the greedy extends the bank by ``coreset_ratio`` x the chunk's patches, starting
-from the bank's rows as fixed centres (so it only adds centres where the new patches are not yet covered), and the
-rest of the chunk is dropped. Peak memory is one chunk plus the bank. This is the streaming/composable use of
+from each new patch's distance to the bank (so it only adds centres where the new patches are not yet covered;
+exact up to 4,096 bank vectors, then from an IVF-Flat search of the bank), and the rest of the chunk is dropped. Peak memory is one chunk plus the bank. This is the streaming/composable use of
 greedy k-center (Gonzalez 1985; composable k-center coresets: Indyk, Mahabadi, Mahdian & Mirrokni, PODS 2014;
 Ceccarello, Pietracaprina & Pucci, VLDB 2019), with one change measured to matter: each chunk's greedy is seeded
 with the bank so far instead of running alone and being merged by a last greedy pass. On 1 M bottle patches in
@@ -35,7 +35,7 @@ from index_store.metadata import SCHEMA_VERSION, IndexMetadata, Provenance
 from index_store.runtime import peak_rss_mb
 from model import knn, scoring
 from model.config import PatchCoreConfig
-from model.coreset import greedy_coreset
+from model.coreset import greedy_coreset, nearest_sq_distances
 from model.detector import Detector
 from model.errors import PatchCoreError
 from model.features import PatchEmbedder
@@ -204,10 +204,12 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
         """Greedy over buffer[:fill] with the bank buffer[:banked] fixed; the picks join the bank, the rest goes."""
         nonlocal fill, banked, n_chunks
         t = time.perf_counter()
-        k = max(1, int(round(config.coreset_ratio * (fill - banked))))
-        picked = greedy_coreset(buffer[:fill], k, projection_dim=config.projection_dim, seed=config.seed,
-                                fixed=np.arange(banked))
-        buffer[banked : banked + picked.size] = buffer[picked]  # fancy indexing copies first: overlap is safe
+        new = buffer[banked:fill]
+        k = max(1, int(round(config.coreset_ratio * new.shape[0])))
+        pd, seed = config.projection_dim, config.seed
+        initial = nearest_sq_distances(new, buffer[:banked], projection_dim=pd, seed=seed) if banked else None
+        picked = greedy_coreset(new, k, projection_dim=pd, seed=seed, initial=initial)
+        buffer[banked : banked + picked.size] = new[picked]  # fancy indexing copies first: overlap is safe
         banked = fill = banked + picked.size
         n_chunks += 1
         stages.add("coreset", time.perf_counter() - t)

@@ -61,7 +61,8 @@ def check_size(n_points: int, n_select: int) -> None:
 
 
 def greedy_coreset(
-    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None
+    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices (k,) int64 of the greedy k-center coreset, in selection order, first one the seeded start.
 
@@ -69,8 +70,21 @@ def greedy_coreset(
     running distances start from those rows and the n_select picks extend them: the first pick is the point
     farthest from every fixed row, and no fixed row is returned. Fewer than n_select come back only when every
     point is already covered at distance 0 (duplicates).
+
+    With `initial` ((N,) squared distances of the rows to centres chosen elsewhere, in the greedy's space: see
+    `nearest_sq_distances`), the running distances start from those; the builder passes the bank built so far
+    this way, so a new chunk's rows never have to be stacked with it.
     """
     x = _as_points(features)
+    if initial is not None:
+        if fixed is not None:
+            raise ConfigError("pass either fixed rows or initial distances, not both")
+        initial = np.asarray(initial, dtype=np.float64).reshape(-1)
+        if initial.shape[0] != x.shape[0]:
+            raise ConfigError(f"initial distances: {initial.shape[0]} values for {x.shape[0]} rows")
+        check_size(x.shape[0], n_select)
+        z = x if projection_dim is None or projection_dim >= x.shape[1] else project(x, projection_dim, seed)
+        return _KCenter(z, _mean(z) if z is x else None).run(n_select, 0, None, initial)
     fixed = None if fixed is None or len(fixed) == 0 else np.unique(np.asarray(fixed, dtype=np.int64))
     check_size(x.shape[0] - (0 if fixed is None else fixed.size), n_select)
     start = start_index(x.shape[0], seed)
@@ -91,17 +105,49 @@ def greedy_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
     return _KCenter(z, None).run(k, start)
 
 
+def nearest_sq_distances(
+    points: np.ndarray, centres: np.ndarray, *, projection_dim: int | None, seed: int, nprobe: int = 16
+) -> np.ndarray:
+    """(N,) float64 squared distance of each point to its nearest centre, in the greedy's space (the same seeded
+    projection). Up to 4,096 centres: exact (flat). Beyond: an IVF-Flat search (about 4 sqrt(M) lists, `nprobe` probed),
+    whose distance is exact to the centre it finds, so a missed nearest centre can only make the value larger."""
+    import faiss
+
+    x, c = _as_points(points), _as_points(centres)
+    if projection_dim is not None and projection_dim < x.shape[1]:
+        p = _projection(x.shape[1], projection_dim, seed)
+        x, c = x @ p, c @ p  # no centring: cross distances need one frame
+    shift = _mean(c)
+    c = c - shift
+    quantizer = faiss.IndexFlatL2(c.shape[1])
+    if c.shape[0] <= 4096:
+        index = quantizer
+    else:
+        nlist = int(min(4 * np.sqrt(c.shape[0]), c.shape[0] // 39))  # FAISS wants >= 39 points per list
+        index = faiss.IndexIVFFlat(quantizer, c.shape[1], nlist)
+        index.cp.seed = seed
+        index.train(c)
+        index.nprobe = nprobe
+    index.add(c)
+    out = np.empty(x.shape[0], np.float64)
+    for lo in range(0, x.shape[0], _ROW_CHUNK):
+        sq, _ = index.search(x[lo : lo + _ROW_CHUNK] - shift, 1)
+        out[lo : lo + _ROW_CHUNK] = np.maximum(sq[:, 0], 0.0)
+    return out
+
+
 def greedy_coreset_reference(
-    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None
+    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, fixed: np.ndarray | None = None,
+    initial: np.ndarray | None = None,
 ) -> np.ndarray:
     """The straightforward O(N * k * d) greedy, one full numpy pass per centre. Slow; the fast path's reference."""
     z = project(features, projection_dim, seed).astype(np.float64)
     fixed = () if fixed is None else np.unique(np.asarray(fixed, dtype=np.int64))
     check_size(z.shape[0] - len(fixed), n_select)
-    mind = np.full(z.shape[0], np.inf)
+    mind = np.full(z.shape[0], np.inf) if initial is None else np.maximum(np.asarray(initial, np.float64), 0.0)
     for f in fixed:
         mind = np.minimum(mind, ((z - z[f]) ** 2).sum(axis=1))
-    point = start_index(z.shape[0], seed) if len(fixed) == 0 else int(np.argmax(mind))
+    point = start_index(z.shape[0], seed) if len(fixed) == 0 and initial is None else int(np.argmax(mind))
     selected = np.empty(n_select, dtype=np.int64)
     for t in range(n_select):
         if mind[point] <= 0.0:  # everything covered (duplicates only)
@@ -214,10 +260,15 @@ class _KCenter:
         """Float32 rows of z by original index (bit for bit the reference's)."""
         return self.base[idx] if self.shift is None else self.base[idx] - self.shift
 
-    def run(self, k: int, start: int, fixed: np.ndarray | None = None) -> np.ndarray:
+    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
         """k greedy centres (original row indices). With `fixed` (original rows already chosen as centres), the
-        running distances start from those, and the k picks (none of them fixed) follow from the farthest point."""
+        running distances start from those, and the k picks (none of them fixed) follow from the farthest point.
+        With `initial` (N,) squared distances, the running distances start from those instead."""
         selected = np.empty(k, dtype=np.int64)
+        if initial is not None:
+            self.mind[:] = np.maximum(initial[self.order].astype(_F64), 0.0)
+            self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+            return self._loop(selected, k, 0)
         if fixed is not None and fixed.size:
             position = np.empty(self.n, np.int64)  # original row -> sorted position
             position[self.order] = np.arange(self.n)
@@ -235,6 +286,9 @@ class _KCenter:
                 b = int(np.clip(a // 4, 16, _FIXED_BATCH))
                 self._add_centres(rest[a : a + b])
                 a += b
+        return self._loop(selected, k, t)
+
+    def _loop(self, selected: np.ndarray, k: int, t: int) -> np.ndarray:
         batch = int(np.clip(2.0 * np.sqrt(k), 128, 1024))
         while t < k:
             if self.dmax.max() <= 0.0:  # everything covered (duplicates only)

@@ -116,7 +116,7 @@ def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(
     bank_ref, pending = np.empty((0, emb.dim), np.float32), []
     capacity = 256 + int(round(0.1 * len(feats))) + -(-len(feats) // 256)
 
-    def extend(bank, pending):
+    def extend(bank, pending):  # a small bank: its distances are exact, as with the rows stacked as fixed centres
         rows = np.concatenate([bank, *pending])
         k = max(1, int(round(0.1 * (len(rows) - len(bank)))))
         picked = greedy_coreset_reference(rows, k, projection_dim=config.projection_dim, seed=config.seed,

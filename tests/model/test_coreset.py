@@ -4,6 +4,7 @@ import pytest
 from model.coreset import (
     coverage_radius,
     greedy_coreset,
+    nearest_sq_distances,
     greedy_coreset_reference,
     greedy_k_center,
     project,
@@ -152,3 +153,39 @@ def test_extending_stops_when_the_fixed_rows_cover_everything():
     out = greedy_coreset(x, 50, projection_dim=None, seed=0, fixed=np.arange(100))
     assert out.size == 0
     np.testing.assert_array_equal(out, greedy_coreset_reference(x, 50, projection_dim=None, seed=0, fixed=np.arange(100)))
+
+
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_initial_distances_equal_the_reference_and_the_stacked_bank(projection_dim):
+    """The builder's chunks: the bank so far enters as each new row's distance to it, not as stacked rows."""
+    x = blobs(7000, 24, seed=9)
+    bank, new = x[:600], x[600:]
+    initial = nearest_sq_distances(new, bank, projection_dim=projection_dim, seed=2)
+    fast = greedy_coreset(new, 800, projection_dim=projection_dim, seed=2, initial=initial)
+    np.testing.assert_array_equal(
+        fast, greedy_coreset_reference(new, 800, projection_dim=projection_dim, seed=2, initial=initial))
+    # The float32 search may break near-ties differently from the float64 stacked run: same picks almost always,
+    # and the same coverage of all the rows.
+    stacked = greedy_coreset(x, 800, projection_dim=projection_dim, seed=2, fixed=np.arange(600)) - 600
+    assert np.mean(fast == stacked) > 0.95
+    r_fast = coverage_radius(x, np.r_[np.arange(600), fast + 600])
+    r_stacked = coverage_radius(x, np.r_[np.arange(600), stacked + 600])
+    assert abs(r_fast - r_stacked) <= 0.01 * r_stacked
+
+
+def test_nearest_sq_distances_exact_for_small_banks_and_upper_bounds_for_large():
+    x = blobs(3000, 16, seed=10)
+    for bank in (x[:500], x[:20000] if len(x) > 20000 else blobs(12000, 16, seed=11)):
+        got = nearest_sq_distances(x, bank, projection_dim=None, seed=0)
+        exact = np.array([((bank.astype(np.float64) - p) ** 2).sum(1).min() for p in x.astype(np.float64)])
+        assert np.all(got >= exact * (1 - 1e-4) - 1e-4)  # never below the true nearest distance
+        if len(bank) <= 4096:
+            np.testing.assert_allclose(got, exact, rtol=1e-4, atol=1e-4)
+        else:
+            assert np.mean(np.isclose(got, exact, rtol=1e-4, atol=1e-4)) > 0.95  # IVF: almost always exact
+
+
+def test_initial_and_fixed_together_are_refused():
+    x = blobs(500, 4, seed=0)
+    with pytest.raises(ConfigError, match="either"):
+        greedy_coreset(x, 10, projection_dim=None, seed=0, fixed=np.arange(5), initial=np.zeros(500))
