@@ -11,7 +11,7 @@ that measure search rather than the build.
 Decode is measured separately (single thread, same PNGs, times n): inside the builder it runs on a thread pool
 that overlaps the extraction, whose time it is part of.
 
-    python bench/bench_build.py                 # n = 200, 1000, 5000, 20000: about 65 minutes (20000: 54)
+    python bench/bench_build.py                 # n = 200, 1000, 5000, 20000: about 30 minutes (20000: 21)
     python bench/bench_build.py --quick         # n = 100, 400 with a small chunk buffer (both coreset paths)
     python bench/bench_build.py --sizes 200 1000 --threads 2
 """
