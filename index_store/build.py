@@ -8,9 +8,10 @@ patch fits (``max_chunk_patches`` rows), the coreset is the exact single-pass gr
 greedy in sequence over chunks: the buffer keeps the memory bank built so far at its head and the newest chunk of
 patches behind it; when it is full, the greedy extends the bank by ``coreset_ratio`` x the chunk's patches, starting
 from each new patch's distance to the bank (so it only adds centres where the new patches are not yet covered;
-exact up to 4,096 bank vectors, then from an IVF-Flat search of the bank), and the rest of the chunk is dropped. Peak memory is one chunk plus the bank. This is the streaming/composable use of
-greedy k-center (Gonzalez 1985; composable k-center coresets: Indyk, Mahabadi, Mahdian & Mirrokni, PODS 2014;
-Ceccarello, Pietracaprina & Pucci, VLDB 2019), with one change measured to matter: each chunk's greedy is seeded
+exact up to 4,096 bank vectors, then from an IVF-Flat search of the bank), and the rest of the chunk is dropped.
+Peak memory is one chunk plus the bank. This is the streaming/composable use of greedy k-center (Gonzalez 1985;
+composable k-center coresets: Indyk, Mahabadi, Mahdian & Mirrokni, PODS 2014; Ceccarello, Pietracaprina & Pucci,
+VLDB 2019), with one change measured to matter: each chunk's greedy is seeded
 with the bank so far instead of running alone and being merged by a last greedy pass. On 1 M bottle patches in
 2 chunks it stays within 8 % of the single-pass coverage radius, where per-chunk coresets merged by a final
 greedy lost 16 % (bench/bench_coreset.py prints both).
@@ -201,7 +202,8 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
     t_extract = time.perf_counter()
 
     def extend_bank() -> None:
-        """Greedy over buffer[:fill] with the bank buffer[:banked] fixed; the picks join the bank, the rest goes."""
+        """Greedy over the new rows buffer[banked:fill], seeded with their distances to the bank buffer[:banked];
+        the picks join the bank, the rest goes."""
         nonlocal fill, banked, n_chunks
         t = time.perf_counter()
         new = buffer[banked:fill]
