@@ -161,7 +161,7 @@ RUN set -eux; \
     for c in patchcore-build-index patchcore-serve patchcore-evaluate patchcore-demo patchcore-fetch-weights; do \
         command -v "$c"; \
     done; \
-    python -c 'import faiss, torch, torchvision, fastapi, uvicorn, model, index_store, service, evaluation'; \
+    python -c 'import faiss, torch, torchvision, fastapi, uvicorn, model, imaging, index_store, service, evaluation, demo'; \
     chown patchcore:patchcore /indexes
 
 USER patchcore

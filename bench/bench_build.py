@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def decode_seconds_per_image(paths: list[Path], sample: int = 100) -> float:
-    from index_store.images import read_image
+    from imaging.decode import read_image
 
     picked = paths[:: max(1, len(paths) // sample)][:sample]
     t = time.perf_counter()

@@ -128,7 +128,7 @@ def drive(url: str, images: list[tuple[str, bytes]], heatmap: str, clients: int,
 def load_embedder(args: argparse.Namespace):
     """decode_image + embedder.embed([img]) of the same index, in this process, with the server's thread count."""
     from index_store import store
-    from index_store.images import decode_image
+    from imaging.decode import decode_image
     from index_store.runtime import configure_threads
     from service.indexes import discover
 

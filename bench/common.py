@@ -52,7 +52,7 @@ def machine() -> dict:
 
 def _embed_paths(paths: Sequence[Path], config, batch: int = 16) -> np.ndarray:
     """Image files -> (n, h, w, D) float32 patch embeddings with the given config."""
-    from index_store.images import read_image
+    from imaging.decode import read_image
     from model.features import PatchEmbedder
 
     embedder = PatchEmbedder(config)
@@ -77,7 +77,7 @@ def config_tag(config=None) -> str:
 
 def bottle_train_embeddings(root: Path = BOTTLE) -> np.ndarray:
     """All patch embeddings (N, D) of bottle/train/good with the default config (N = 209 x 1024 = 214,016)."""
-    from index_store.images import list_images
+    from imaging.decode import list_images
     from model.config import PatchCoreConfig
 
     path = CACHE / f"{root.name}_train_emb_{config_tag()}.npy"
@@ -145,7 +145,7 @@ def augmented_set(n: int, out_dir: Path, root: Path = BOTTLE, seed: int = 0) -> 
     """
     from PIL import Image
 
-    from index_store.images import list_images
+    from imaging.decode import list_images
 
     sources = list_images(root)
     out_dir.mkdir(parents=True, exist_ok=True)

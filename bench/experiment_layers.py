@@ -18,7 +18,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from evaluation.metrics import aupro
-from index_store.images import list_images, read_image
+from imaging.decode import list_images, read_image
 from index_store.runtime import configure_threads
 from model import heatmap, knn, scoring
 from model.config import PatchCoreConfig

@@ -1,6 +1,6 @@
 """Sample figures: test image | ground-truth mask | anomaly-map overlay, side by side, on the evaluation grid.
 
-The overlay is rendered from the NORMALISED map (index_store.render), so the middle of the colour scale is the
+The overlay is rendered from the NORMALISED map (imaging.render), so the middle of the colour scale is the
 index's calibrated threshold in every figure.
 """
 
@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from evaluation.datasets import Sample
 from evaluation.runner import CategoryRun
-from index_store import render
+from imaging import render
 from model.scoring import Calibration, normalise
 
 GAP = 4  # white pixels between panels

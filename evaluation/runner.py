@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from evaluation.datasets import Category, Sample, load_mask
-from index_store.images import DEFAULT_MAX_PIXELS, iter_images
+from imaging.decode import DEFAULT_MAX_PIXELS, iter_images
 from model.detector import Detector
 from model.heatmap import anomaly_map
 

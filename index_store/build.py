@@ -31,7 +31,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from index_store.images import DEFAULT_MAX_PIXELS, iter_images
+from imaging.decode import DEFAULT_MAX_PIXELS, iter_images
 from index_store.metadata import SCHEMA_VERSION, IndexMetadata, Provenance
 from index_store.runtime import peak_rss_mb
 from model import knn, scoring

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from index_store import store
 from index_store.build import BuildOptions, build_index
-from index_store.images import list_images
+from imaging.decode import list_images
 from index_store.runtime import configure_threads
 from model.backbone import BACKBONES, check_layers
 from model.config import INDEX_KINDS, IndexConfig, PatchCoreConfig

@@ -27,7 +27,7 @@ def crop_offset(config: PatchCoreConfig) -> int:
 def check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
-        raise InputError(f"expected an (H, W, 3) uint8 RGB array, got {got}; decode images with index_store.images")
+        raise InputError(f"expected an (H, W, 3) uint8 RGB array, got {got}; decode images with imaging.decode")
     if min(image.shape[:2]) < 8:
         raise InputError(f"image of {image.shape[1]}x{image.shape[0]} pixels is too small (min 8x8)")
     return image

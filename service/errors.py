@@ -18,7 +18,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from index_store.images import ImageTooLargeError
+from imaging.decode import ImageTooLargeError
 from model.errors import InputError, PatchCoreError
 
 log = logging.getLogger("service.errors")

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index_store import render
-from index_store.images import decode_image
+from imaging import render
+from imaging.decode import decode_image
 from index_store.store import IndexBundle
 from model.detector import ImageScore
 from model.scoring import normalise

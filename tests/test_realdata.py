@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from index_store.build import BuildOptions, build_index
-from index_store.images import list_images, read_image
+from imaging.decode import list_images, read_image
 from model.config import PatchCoreConfig
 from model.detector import Detector
 from tests.conftest import REAL_DATA

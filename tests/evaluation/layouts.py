@@ -1,4 +1,4 @@
-"""Copy the synthetic MVTec-layout sample (index_store.sample) into the BTAD and VisA layouts."""
+"""Copy the synthetic MVTec-layout sample (demo.sample) into the BTAD and VisA layouts."""
 
 from __future__ import annotations
 

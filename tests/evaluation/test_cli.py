@@ -17,7 +17,7 @@ from evaluation.datasets import Sample
 from evaluation.figures import compose, figure_name, pick_samples
 from evaluation.report import TABLE_COLUMNS, markdown_table
 from evaluation.runner import eval_shape
-from index_store.sample import write_sample
+from demo.sample import write_sample
 
 from .layouts import to_btad, to_visa
 

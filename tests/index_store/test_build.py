@@ -7,7 +7,7 @@ import pytest
 from index_store import store
 from index_store.build import BuildError, BuildOptions, build_index, split_holdout
 from index_store.cli import main
-from index_store.images import list_images
+from imaging.decode import list_images
 from model.config import PatchCoreConfig
 from model.coreset import coverage_radius
 
@@ -84,7 +84,7 @@ def test_calibration_data_replaces_the_holdout(sample_dir, tmp_path):
 
 
 def test_training_images_score_below_the_threshold(bundle, sample_dir):
-    from index_store.images import read_image
+    from imaging.decode import read_image
 
     train, _ = split_holdout(list_images(sample_dir), 0.1, seed=bundle.metadata.config.seed)
     scores = [s.image_score for s in bundle.detector.score_batch([read_image(p)[0] for p in train[:8]])]
@@ -95,7 +95,7 @@ def test_training_images_score_below_the_threshold(bundle, sample_dir):
 def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(sample_dir):
     """Chunks of 4 images: each extends the bank so far. The bank is what the numpy reference greedy gives for the
     same chunks, and it covers the training patches almost as well as one greedy over all of them."""
-    from index_store.images import read_image
+    from imaging.decode import read_image
     from model.coreset import greedy_coreset_reference
     from model.features import PatchEmbedder
 

@@ -3,8 +3,8 @@ import pytest
 
 from index_store import store
 from index_store.build import BuildOptions, build_index
-from index_store.images import list_images, read_image
-from index_store.sample import add_defect, good_image
+from imaging.decode import list_images, read_image
+from demo.sample import add_defect, good_image
 from model.config import PatchCoreConfig
 from model.errors import InputError
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from index_store import store
-from index_store.images import read_image
+from imaging.decode import read_image
 from index_store.metadata import SCHEMA_VERSION
 
 
@@ -115,7 +115,7 @@ def test_save_is_atomic_and_keeps_the_old_index_when_it_fails(index_dir, tmp_pat
 ])
 def test_approximate_indexes_are_trained_saved_and_reloaded_exactly(sample_dir, tmp_path, index_config):
     from index_store.build import BuildOptions, build_index
-    from index_store.images import list_images
+    from imaging.decode import list_images
     from model.config import IndexConfig, PatchCoreConfig
 
     config = PatchCoreConfig(image_size=128, coreset_ratio=0.5, index=IndexConfig(**index_config))

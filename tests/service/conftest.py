@@ -12,8 +12,8 @@ from PIL import Image
 
 from index_store import store
 from index_store.build import BuildOptions, build_index
-from index_store.images import list_images
-from index_store.sample import write_sample
+from imaging.decode import list_images
+from demo.sample import write_sample
 from model.config import PatchCoreConfig
 from service.app import create_app
 from service.settings import Settings

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index_store.images import decode_image
-from index_store.sample import add_defect, good_image
+from imaging.decode import decode_image
+from demo.sample import add_defect, good_image
 from model.scoring import normalise
 from tests.service.conftest import png_bytes
 

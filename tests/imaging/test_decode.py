@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index_store.images import ImageDecodeError, decode_image, list_images
+from imaging.decode import ImageDecodeError, decode_image, list_images
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

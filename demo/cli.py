@@ -1,6 +1,6 @@
 """patchcore-demo: the whole job on the embedded default sample, end to end.
 
-Generates the synthetic disc data set (index_store.sample), builds an index from its good images, saves it, loads it
+Generates the synthetic disc data set (demo.sample), builds an index from its good images, saves it, loads it
 back the way the server does, scores the test images and writes their anomaly-map overlays.
 
     patchcore-demo --workdir runs/demo
@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from index_store import render, store
+from imaging import render
+from index_store import store
 from index_store.build import BuildOptions, build_index
-from index_store.images import list_images, read_image
+from imaging.decode import list_images, read_image
 from index_store.runtime import configure_threads
-from index_store.sample import write_sample
+from demo.sample import write_sample
 from model.config import PatchCoreConfig
 from model.errors import PatchCoreError
 from model.scoring import normalise
