@@ -24,7 +24,7 @@ from index_store.runtime import configure_threads
 from demo.sample import write_sample
 from model.config import PatchCoreConfig
 from model.errors import PatchCoreError
-from model.scoring import normalise
+from model.calibration import normalise
 
 
 def run(workdir: Path, pretrained: bool = True, progress: bool = True) -> list[dict]:
@@ -32,7 +32,7 @@ def run(workdir: Path, pretrained: bool = True, progress: bool = True) -> list[d
     sample = write_sample(workdir / "sample", n_train=40, n_test_good=6, n_test_defect=4)
     config = PatchCoreConfig(pretrained=pretrained, image_size=224)
     result = build_index(list_images(sample), config, BuildOptions(name="demo-disc", progress=progress), root=sample)
-    store.save(workdir / "index", result.index, result.metadata, force=True)
+    store.save_result(workdir / "index", result, force=True)
     bundle = store.load(workdir / "index")
     (workdir / "maps").mkdir(exist_ok=True)
     rows = []

@@ -1,10 +1,14 @@
-"""Dataset layouts (MVTec AD, BTAD, VisA) -> one frozen, sorted `Category` of train paths and test samples.
+"""Dataset layouts (MVTec AD, BTAD, VisA, a plain folder) -> one frozen, sorted `Category` of train paths and test
+samples.
 
-Loaders only list files and check that every anomalous test image has its mask; pixels are read later
-(`load_mask`). Published layouts:
-- MVTec AD: CAT/train/good/*.png, CAT/test/<defect>/NNN.png, CAT/ground_truth/<defect>/NNN_mask.png
+Loaders only list files and check that every anomalous test image has its mask, when the set has masks at all;
+pixels are read later (`load_mask`). Layouts:
+- MVTec AD: CAT/train/good/*.png, CAT/test/<defect>/NNN.png, CAT/ground_truth/<defect>/NNN_mask.png. Without a
+            ground_truth/ folder the category has image labels only (most factories have no pixel masks).
 - BTAD:     NN/train/ok/*, NN/test/{ok,ko}/*, NN/ground_truth/ko/* (mask matched by file stem, any extension)
 - VisA:     ROOT/split_csv/1cls.csv with columns object,split,label,image,mask (paths relative to ROOT)
+- folder:   evaluation.folder_layout: a folder of good images and a folder per defect kind, masks optional, as
+            anomalib's Folder data module takes them.
 """
 
 import csv
@@ -39,30 +43,38 @@ class Category:
     train: tuple[Path, ...]  # good images only, sorted
     test: tuple[Sample, ...]  # sorted by image path
 
+    @property
+    def has_masks(self) -> bool:
+        """True when every anomalous test image has a ground-truth mask (pixel metrics are possible)."""
+        anomalous = [s for s in self.test if s.label == 1]
+        return bool(anomalous) and all(s.mask_path is not None for s in anomalous)
+
 
 def load_mvtec(root: Path | str, category: str) -> Category:
-    """MVTec AD: `test/good` is label 0 without mask; other test folders need `ground_truth/<type>/<stem>_mask.png`."""
+    """MVTec AD: `test/good` is label 0 without mask; other test folders need `ground_truth/<type>/<stem>_mask.png`,
+    unless the category has no `ground_truth/` folder at all (image labels only: every mask_path is None)."""
     folder = _category_folder(Path(root), category, "mvtec")
+    has_masks = (folder / "ground_truth").is_dir()
     test = []
-    for defect_folder in _subfolders(folder / "test"):
-        for image in _images_in(defect_folder):
+    for defect_folder in subfolders(folder / "test"):
+        for image in images_in(defect_folder):
             if defect_folder.name == "good":
                 test.append(Sample(image, 0, "good", None))
                 continue
             mask = folder / "ground_truth" / defect_folder.name / f"{image.stem}_mask.png"
-            test.append(Sample(image, 1, defect_folder.name, _existing_mask(image, mask)))
-    return _category(category, _images_in(folder / "train" / "good"), test, folder)
+            test.append(Sample(image, 1, defect_folder.name, _existing_mask(image, mask) if has_masks else None))
+    return make_category(category, images_in(folder / "train" / "good"), test, folder)
 
 
 def load_btad(root: Path | str, category: str) -> Category:
     """BTAD: `ok` is label 0, `ko` is label 1 with a mask in `ground_truth/ko` of the same stem (.png or .bmp)."""
     folder = _category_folder(Path(root), category, "btad")
-    masks = _by_stem(_images_in(folder / "ground_truth" / "ko"))
-    test = [Sample(image, 0, "ok", None) for image in _images_in(folder / "test" / "ok")]
-    for image in _images_in(folder / "test" / "ko"):
+    masks = by_stem(images_in(folder / "ground_truth" / "ko"))
+    test = [Sample(image, 0, "ok", None) for image in images_in(folder / "test" / "ok")]
+    for image in images_in(folder / "test" / "ko"):
         expected = folder / "ground_truth" / "ko" / f"{image.stem}.png"
         test.append(Sample(image, 1, "ko", _existing_mask(image, masks.get(image.stem, expected))))
-    return _category(category, _images_in(folder / "train" / "ok"), test, folder)
+    return make_category(category, images_in(folder / "train" / "ok"), test, folder)
 
 
 def load_visa(root: Path | str, category: str) -> Category:
@@ -83,7 +95,7 @@ def load_visa(root: Path | str, category: str) -> Category:
             train.append(sample.image_path)
         else:
             test.append(sample)
-    return _category(category, train, test, root)
+    return make_category(category, train, test, root)
 
 
 LAYOUTS: Mapping[str, Callable[[Path | str, str], Category]] = MappingProxyType(
@@ -135,7 +147,7 @@ def _category_folder(root: Path, category: str, layout: str) -> Path:
     return folder
 
 
-def _category(name: str, train: list[Path], test: list[Sample], where: Path) -> Category:
+def make_category(name: str, train: list[Path], test: list[Sample], where: Path) -> Category:
     if not train:
         raise DatasetError(f"category {name!r} has no training images under {where}: "
                            f"expected {sorted(IMAGE_EXTENSIONS)} files in its train split.")
@@ -144,11 +156,11 @@ def _category(name: str, train: list[Path], test: list[Sample], where: Path) -> 
     return Category(name, tuple(sorted(train)), tuple(sorted(test, key=lambda sample: sample.image_path)))
 
 
-def _subfolders(folder: Path) -> list[Path]:
+def subfolders(folder: Path) -> list[Path]:
     return sorted(child for child in folder.iterdir() if child.is_dir()) if folder.is_dir() else []
 
 
-def _images_in(folder: Path) -> list[Path]:
+def images_in(folder: Path) -> list[Path]:
     """Image files of one folder (hidden files such as macOS `._000.png` skipped), sorted."""
     if not folder.is_dir():
         return []
@@ -156,7 +168,7 @@ def _images_in(folder: Path) -> list[Path]:
                   if path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file())
 
 
-def _by_stem(paths: list[Path]) -> dict[str, Path]:
+def by_stem(paths: list[Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in paths:
         if path.stem in found:
@@ -167,8 +179,9 @@ def _by_stem(paths: list[Path]) -> dict[str, Path]:
 
 def _existing_mask(image: Path, mask: Path) -> Path:
     if not mask.is_file():
-        raise DatasetError(f"anomalous test image {image} has no mask: expected {mask}. "
-                           "Restore the ground-truth file or remove the image from the test set.")
+        raise DatasetError(f"anomalous test image {image} has no mask: expected {mask}. Restore the ground-truth "
+                           "file or remove the image from the test set (a set with no ground-truth folder at all is "
+                           "evaluated on image labels only).")
     return mask
 
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from evaluation.datasets import Sample
 from evaluation.runner import CategoryRun
 from imaging import render
-from model.scoring import Calibration, normalise
+from model.calibration import Calibration, normalise
 
 GAP = 4  # white pixels between panels
 STRIP = 14  # height of a text line above the panels

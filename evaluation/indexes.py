@@ -69,7 +69,7 @@ def build(category: Category, root: Path, config: PatchCoreConfig, options: Buil
     """Build from the category's training good images, save to out_dir (replacing it) and load it back."""
     started = time.perf_counter()
     result = build_index(category.train, config, options, root=root)
-    store.save(out_dir, result.index, result.metadata, force=True)
+    store.save_result(out_dir, result, force=True)
     bundle = store.load(out_dir, options.device)
     return IndexSource(bundle, False, round(time.perf_counter() - started, 3), dict(result.stage_seconds))
 

@@ -64,6 +64,33 @@ def f1_at_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] 
     return 2 * true_pos / denominator if denominator else 0.0
 
 
+def rates_at_threshold(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                       threshold: float) -> tuple[float, float]:
+    """(false-positive rate on the good images, recall on the anomalous ones) when flagging score >= threshold."""
+    y, s = _labels_and_scores(labels, scores, "rates_at_threshold")
+    _require_both_classes(y, "rates_at_threshold", "images", "the test set needs good and anomalous images")
+    flagged = s >= threshold
+    return float(flagged[~y].mean()), float(flagged[y].mean())
+
+
+def oracle_recall_at_fpr(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                         max_fpr: float) -> float:
+    """The best recall any threshold reaches on this test set while flagging at most max_fpr of its good images.
+
+    Flagging score >= t: the good images may keep floor(max_fpr * n_good) false positives, so t sits just above the
+    (that + 1)-th highest good score, and every anomalous score strictly above it counts.
+    """
+    y, s = _labels_and_scores(labels, scores, "oracle_recall_at_fpr")
+    _require_both_classes(y, "oracle_recall_at_fpr", "images", "the test set needs good and anomalous images")
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in [0, 1], got {max_fpr!r}")
+    good = np.sort(s[~y])[::-1]  # descending
+    allowed = int(np.floor(max_fpr * good.size + 1e-9))
+    if allowed >= good.size:
+        return 1.0
+    return float(np.mean(s[y] > good[allowed]))
+
+
 def pro_curve(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray],
               connectivity: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Exact per-region-overlap curve over every distinct threshold -> (fprs, pros), both (T + 1,), FPR ascending.

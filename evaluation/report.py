@@ -19,7 +19,8 @@ from evaluation.runner import CategoryRun
 SCORE_COLUMNS = ("image", "defect_type", "label", "image_score", "normalised_score", "is_anomalous")
 TABLE_COLUMNS = ("Category", "Image AUROC", "Image F1", "Pixel AUROC", "Pixel AUPRO")
 TABLE_KEYS = ("image_auroc", "image_f1_max", "pixel_auroc", "pixel_aupro")
-THRESHOLD_COLUMNS = ("Category", "Calibrated threshold", "Image F1 at threshold", "Flagged anomalous")
+DECISION_COLUMNS = ("Category", "Threshold", "Target FPR", "Realised FPR", "Recall", "Oracle recall at target",
+                    "F1 at threshold", "F1-max", "Flagged")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def category_entry(name: str, run: CategoryRun, metrics: CategoryMetrics, source
     return {
         **metrics.to_dict(),
         "n_test": len(labels), "n_good": labels.count(0), "n_anomalous": labels.count(1),
-        "n_flagged_anomalous": sum(s.is_anomalous for s in run.scored),
+        "n_flagged_anomalous": sum(s.is_anomalous for s in run.scored), "has_masks": metrics.pixel_auroc is not None,
         "eval_resolution_hw": [list(shape) for shape in run.shapes],
         "index": {
             "path": str(source.bundle.path), "reused": source.reused, "name": meta.name,
@@ -75,25 +76,31 @@ def metrics_document(reports: Sequence[CategoryReport], averages: Mapping[str, f
     }
 
 
-def results_markdown(reports: Sequence[CategoryReport], averages: Mapping[str, float], layout: str,
+def results_markdown(reports: Sequence[CategoryReport], averages: Mapping[str, float | None], layout: str,
                      data_root: Path, eval_size: int) -> str:
-    """The results table (exact columns of TABLE_COLUMNS, 3 decimals, an Average row) with its caption, then the
-    small table of the calibrated-threshold decisions."""
+    """The results table (exact columns of TABLE_COLUMNS, 3 decimals, an Average row; "-" where a category has no
+    masks) with its caption, then the table of the decisions at each index's stored threshold."""
     rows = [[r.name, *(_f(getattr(r.metrics, key)) for key in TABLE_KEYS)] for r in reports]
     rows.append(["Average", *(_f(averages[key]) for key in TABLE_KEYS)])
     grids = "; ".join(f"{r.name} {_grids(r.entry['eval_resolution_hw'])}" for r in reports)
     caption = (f"PatchCore on {layout} data at {data_root}. Image F1 = F1-max over all thresholds. Pixel metrics over "
                f"all test images (good ones included) at a bounded evaluation resolution: longer side <= {eval_size} "
                f"px, aspect kept, masks resized nearest-neighbour ({grids}); Pixel AUPRO integrated up to "
-               f"{AUPRO_FPR_LIMIT:.0%} FPR.")
-    decisions = [[r.name, f"{r.metrics.calibrated_threshold:.4g}", _f(r.metrics.image_f1_at_calibrated_threshold),
+               f"{AUPRO_FPR_LIMIT:.0%} FPR. \"-\": image labels only, no masks.")
+    decisions = [[r.name, f"{r.metrics.threshold:.4g}", f"{r.metrics.target_fpr:g}", _f(r.metrics.fpr_at_threshold),
+                  _f(r.metrics.recall_at_threshold), _f(r.metrics.oracle_recall_at_target),
+                  _f(r.metrics.image_f1_at_threshold), _f(r.metrics.image_f1_max),
                   f"{r.entry['n_flagged_anomalous']}/{r.entry['n_test']}"] for r in reports]
-    decisions.append(["Average", "", _f(averages["image_f1_at_calibrated_threshold"]), ""])
-    decision_caption = ("Image F1 at the threshold stored in each index, calibrated on held-out good training "
-                        "images only (no test data involved).")
+    decisions.append(["Average", "", "", _f(averages["fpr_at_threshold"]), _f(averages["recall_at_threshold"]),
+                      _f(averages["oracle_recall_at_target"]), _f(averages["image_f1_at_threshold"]),
+                      _f(averages["image_f1_max"]), ""])
+    decision_caption = ("The decision (is_anomalous) at the threshold stored in each index, calibrated on good "
+                        "training images only (no test data involved). Realised FPR: share of the test set's good "
+                        "images flagged. Oracle recall at target: the best recall any threshold reaches on this test "
+                        "set while flagging at most the target FPR of its good images.")
     return "\n".join([
         "# PatchCore evaluation", "", caption, "", markdown_table(TABLE_COLUMNS, rows), "",
-        decision_caption, "", markdown_table(THRESHOLD_COLUMNS, decisions), "",
+        decision_caption, "", markdown_table(DECISION_COLUMNS, decisions), "",
     ])
 
 
@@ -126,8 +133,8 @@ def write_json(path: Path, document: Mapping[str, Any]) -> None:
     write_text(path, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
-def _f(value: float) -> str:
-    return f"{value:.3f}"
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _grids(shapes: Sequence[Sequence[int]]) -> str:

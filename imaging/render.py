@@ -1,6 +1,6 @@
 """Anomaly maps as pictures: 8-bit heatmaps, coloured overlays and PNG bytes (used by the demo, server, evaluation).
 
-Maps are rendered from their NORMALISED values (model.scoring.normalise), so grey level 128 / the middle of the
+Maps are rendered from their NORMALISED values (model.calibration.normalise), so grey level 128 / the middle of the
 colour scale is the calibrated threshold in every picture, whatever the product.
 """
 

@@ -1,7 +1,14 @@
 """build_index: good images -> memory bank index + calibrated metadata, in bounded memory.
 
     decode (thread pool, bounded prefetch) -> patch embeddings written into a PREALLOCATED float32 chunk buffer
-    -> greedy k-center coreset -> FAISS index -> held-out good images scored -> threshold.
+    -> greedy k-center coreset -> FAISS index -> good images scored as unseen ones -> threshold.
+
+Calibration (index_store.calibrate): every good image goes into the memory bank, and each bank vector remembers its
+source image. Up to `calibration_images` of them (seeded sample) are then scored leave-one-image-out against the
+finished bank (model.leave_out), and the threshold rule (model.calibration) turns those scores into the threshold.
+Only when the build streams in chunks (beyond `max_chunk_patches`, thousands of images) are the patches of the
+other images gone by then: those builds hold the calibration sample out of the bank instead, which costs nothing
+measurable at that size. `--calibration-data` scores a separate folder of good images against the whole bank.
 
 Memory never grows with the number of images. Patch embeddings stream into one preallocated buffer. When every
 patch fits (``max_chunk_patches`` rows), the coreset is the exact single-pass greedy. Otherwise the builder runs the
@@ -32,17 +39,20 @@ import faiss
 import numpy as np
 
 from imaging.decode import DEFAULT_MAX_PIXELS, iter_images
+from index_store import calibrate
 from index_store.metadata import SCHEMA_VERSION, IndexMetadata, Provenance
 from index_store.runtime import peak_rss_mb
-from model import knn, scoring
+from model import knn
+from model.calibration import DEFAULT_RULE
+from model.calibration import calibrate as threshold_from
 from model.config import PatchCoreConfig
 from model.coreset import greedy_coreset, nearest_sq_distances
-from model.detector import Detector
 from model.errors import PatchCoreError
 from model.features import PatchEmbedder
 
 log = logging.getLogger(__name__)
 MIN_BANK = 16
+MIN_CALIBRATION = 2
 
 
 class BuildError(PatchCoreError):
@@ -55,9 +65,10 @@ class BuildOptions:
     device: str = "cpu"
     batch_size: int = 16
     decode_workers: int = 2
-    holdout_fraction: float = 0.1  # good images kept out of the bank to calibrate the threshold
-    calibration_paths: tuple[Path, ...] = ()  # if given, used instead of a holdout
+    calibration_images: int = 200  # good images scored for the threshold (a seeded sample when there are more)
+    calibration_paths: tuple[Path, ...] = ()  # if given, these are scored against the whole bank instead
     target_fpr: float = 0.01  # expected false-positive rate on good parts at the threshold
+    threshold_rule: str = DEFAULT_RULE  # one of model.calibration.RULES
     strict: bool = False  # fail on the first unreadable file instead of skipping it
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_chunk_patches: int = 2_000_000  # patches held at once (x D x 4 bytes); more are reduced chunk by chunk
@@ -68,7 +79,24 @@ class BuildOptions:
 class BuildResult:
     index: faiss.Index
     metadata: IndexMetadata
+    bank_image_ids: np.ndarray  # (M,) int32: the source image of each memory-bank vector, a row of `images`
+    images: tuple[tuple[str, str], ...]  # (path relative to the data root, sha256) of each bank image, by id
     stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Streamed:
+    """What streaming the training images leaves: the memory bank with the source image of each vector, the images
+    used (their id is their position here), and in a single-pass build every patch (image j's are rows
+    j * per_image ... (j + 1) * per_image - 1)."""
+
+    bank: np.ndarray  # (M, D) float32
+    bank_image_ids: np.ndarray  # (M,) int32
+    used: list[tuple[Path, str]]  # (path, sha256) per image id
+    rows: np.ndarray | None  # (n_used * per_image, D) float32, single pass only
+    grid: tuple[int, int]
+    n_seen: int
+    method: str
 
 
 class _Stages:
@@ -84,25 +112,21 @@ class _Stages:
         log.info("stage %-12s %8.2f s   peak RSS %7.0f MiB", name, self.seconds.get(name, 0.0), peak_rss_mb())
 
 
-def split_holdout(paths: Sequence[Path], fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Seeded split of the good images into (bank images, calibration images).
-
-    Holds out `fraction` of them, but at least min(5, n // 3) and never fewer than 2: a threshold from one or two
-    scores is mostly noise.
-    """
-    n = len(paths)
-    n_hold = max(2, int(round(fraction * n)), min(5, n // 3))
-    if n - n_hold < 1:
-        raise BuildError(
-            f"only {n} good images: need at least {n_hold + 1} to hold {n_hold} out for calibration; add images "
-            "or pass --calibration-data"
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    hold = set(order[:n_hold].tolist())
-    return [p for i, p in enumerate(paths) if i not in hold], [p for i, p in enumerate(paths) if i in hold]
+def sample_ids(n: int, k: int, seed: int) -> np.ndarray:
+    """A seeded sample of min(n, k) of range(n), sorted."""
+    if k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 2]).permutation(n)[:k])
 
 
-def _embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip: Callable, desc: str):
+def split_held_out(paths: list[Path], calibration_images: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """Chunked builds: a seeded sample of min(calibration_images, 10 %) images kept out of the bank to calibrate
+    -> (bank images, held-out images)."""
+    held = set(sample_ids(len(paths), max(MIN_CALIBRATION, min(calibration_images, len(paths) // 10)), seed).tolist())
+    return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
+
+
+def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip: Callable, desc: str):
     """Yield (B, h, w, D) embeddings batch by batch, plus (path, sha256) of each image used."""
     from tqdm import tqdm
 
@@ -129,22 +153,24 @@ def build_index(
 ) -> BuildResult:
     """Build the memory bank of `paths` (good images) and calibrate it; nothing is written to disk here."""
     started, stages = time.perf_counter(), _Stages()
-    paths = list(paths)
+    paths = list(dict.fromkeys(paths))
     if not paths:
         raise BuildError("no images to build from; pass a folder with PNG/JPEG/BMP/TIFF good images")
-    if options.calibration_paths:
-        train_paths, calib_paths = paths, list(options.calibration_paths)
-    else:
-        train_paths, calib_paths = split_holdout(paths, options.holdout_fraction, config.seed)
+    if options.calibration_images < MIN_CALIBRATION:
+        raise BuildError(f"--calibration-images must be >= {MIN_CALIBRATION}, got {options.calibration_images}")
     t = time.perf_counter()
     embedder = PatchEmbedder(config, options.device)
     stages.add("load_model", time.perf_counter() - t)
     stages.done("load_model")
     per_image = embedder.grid[0] * embedder.grid[1]
-    k_max = int(round(config.coreset_ratio * len(train_paths) * per_image))
+    chunked = len(paths) * per_image > _chunk_rows(per_image, options)
+    held_out: list[Path] = []
+    if chunked and not options.calibration_paths:  # see the module docstring
+        paths, held_out = split_held_out(paths, options.calibration_images, config.seed)
+    k_max = int(round(config.coreset_ratio * len(paths) * per_image))
     if k_max < MIN_BANK:
         raise BuildError(
-            f"{len(train_paths)} images x {per_image} patches at coreset ratio {config.coreset_ratio} keeps only "
+            f"{len(paths)} images x {per_image} patches at coreset ratio {config.coreset_ratio} keeps only "
             f"{k_max} patch embeddings (< {MIN_BANK}); add images or raise --coreset-ratio"
         )
 
@@ -156,54 +182,66 @@ def build_index(
         skipped.append(str(error))
         log.warning("skipping: %s", error)
 
-    bank, n_seen, n_used, method, digests = _stream_coreset(
-        train_paths, embedder, config, options, on_skip, stages, k_max
-    )
+    streamed = _stream_coreset(paths, embedder, config, options, on_skip, stages, k_max)
     t = time.perf_counter()
-    index = knn.build_index(bank, config.index, config.seed)
+    index = knn.build_index(streamed.bank, config.index, config.seed)
     stages.add("index", time.perf_counter() - t)
     stages.done("index")
-    del bank
 
     t = time.perf_counter()
-    detector = Detector(config, embedder, index, scoring.calibrate(np.array([0.0, 1.0])))
-    scores: list[float] = []
-    for emb, names in _embed_stream(calib_paths, embedder, options, on_skip, "calibrate"):
-        patch, nn_ids = detector.patch_scores(emb)
-        scores.extend(detector.image_scores(emb, patch, nn_ids).tolist())
-        digests.extend(names)
-    if len(scores) < 2:
-        raise BuildError(f"calibration needs >= 2 readable good images, got {len(scores)}; add images")
-    calibration = scoring.calibrate(np.asarray(scores), options.target_fpr)
+    unseen = list(options.calibration_paths) or held_out
+    if unseen:
+        scores, scored = calibrate.score_unseen(unseen, embedder, index, config, options, on_skip)
+        method = "calibration-data" if options.calibration_paths else "held-out"
+        cal_images = [_relative(p, root) for p, _ in scored]
+    else:
+        ids = sample_ids(len(streamed.used), options.calibration_images, config.seed)
+        scores = calibrate.score_left_out(index, streamed, ids, config)
+        method, scored = "leave-one-image-out", []
+        cal_images = [_relative(streamed.used[i][0], root) for i in ids]
+    if len(scores) < MIN_CALIBRATION:
+        raise BuildError(f"calibration needs >= {MIN_CALIBRATION} readable good images, got {len(scores)}; add "
+                         "images")
+    calibration = threshold_from(np.asarray(scores), options.target_fpr, options.threshold_rule, method=method,
+                                 images=tuple(cal_images))
     stages.add("calibration", time.perf_counter() - t)
     stages.done("calibration")
 
-    provenance = _provenance(root, digests, len(paths) + len(options.calibration_paths), skipped, n_used,
-                             len(scores), options, started, stages)
+    images = tuple((_relative(p, root), d) for p, d in streamed.used)
+    read = [*images, *((_relative(p, root), d) for p, d in scored)]
+    provenance = _provenance(read, len(paths) + len(unseen), skipped, len(images), len(scores), method, started,
+                             stages)
     metadata = IndexMetadata(
         schema_version=SCHEMA_VERSION, name=options.name, config=config, embedding_dim=embedder.dim,
-        grid=embedder.grid, bank_size=int(index.ntotal), n_patches_seen=n_seen, coreset_method=method,
-        index_sha256="", calibration=calibration, provenance=provenance,
+        grid=embedder.grid, bank_size=int(index.ntotal), n_patches_seen=streamed.n_seen,
+        coreset_method=streamed.method, index_sha256="", calibration=calibration, provenance=provenance,
     )
-    return BuildResult(index=index, metadata=metadata, stage_seconds=dict(stages.seconds))
+    return BuildResult(index=index, metadata=metadata, bank_image_ids=streamed.bank_image_ids, images=images,
+                       stage_seconds=dict(stages.seconds))
 
 
-def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_max):
-    """Stream embeddings into the buffer, extend the bank chunk by chunk if needed, and return the bank (M, D)."""
+def _chunk_rows(per_image: int, options: BuildOptions) -> int:
+    return max(per_image * options.batch_size, options.max_chunk_patches)
+
+
+def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_max) -> Streamed:
+    """Stream embeddings into the buffer, extend the bank chunk by chunk if needed, and return the bank with the
+    source image of each of its vectors."""
     per_image = embedder.grid[0] * embedder.grid[1]
     total = len(train_paths) * per_image
-    chunk = max(per_image * options.batch_size, options.max_chunk_patches)
+    chunk = _chunk_rows(per_image, options)
     sequential = total > chunk
     # Sequential: room for the bank (k_max plus one row of rounding per chunk) and one chunk of new patches.
     capacity = chunk + k_max + math.ceil(total / chunk) if sequential else total
     buffer = np.empty((capacity, embedder.dim), dtype=np.float32)  # preallocated, never grown
-    fill = banked = n_seen = n_used = n_chunks = 0
-    digests: list[tuple[Path, str]] = []
+    owner = np.empty(capacity, dtype=np.int32)  # source image id of each buffer row
+    fill = banked = n_seen = n_chunks = 0
+    used: list[tuple[Path, str]] = []
     t_extract = time.perf_counter()
 
     def extend_bank() -> None:
         """Greedy over the new rows buffer[banked:fill], seeded with their distances to the bank buffer[:banked];
-        the picks join the bank, the rest goes."""
+        the picks join the bank (with their owners), the rest goes."""
         nonlocal fill, banked, n_chunks
         t = time.perf_counter()
         new = buffer[banked:fill]
@@ -212,18 +250,20 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
         initial = nearest_sq_distances(new, buffer[:banked], projection_dim=pd, seed=seed) if banked else None
         picked = greedy_coreset(new, k, projection_dim=pd, seed=seed, initial=initial)
         buffer[banked : banked + picked.size] = new[picked]  # fancy indexing copies first: overlap is safe
+        owner[banked : banked + picked.size] = owner[banked:fill][picked]
         banked = fill = banked + picked.size
         n_chunks += 1
         stages.add("coreset", time.perf_counter() - t)
 
-    for emb, names in _embed_stream(train_paths, embedder, options, on_skip, "embed"):
+    for emb, names in embed_stream(train_paths, embedder, options, on_skip, "embed"):
         rows = emb.reshape(-1, embedder.dim)  # (B, h, w, D) -> (B*h*w, D)
         if sequential and fill + rows.shape[0] > capacity:
             extend_bank()
         buffer[fill : fill + rows.shape[0]] = rows
-        fill, n_seen, n_used = fill + rows.shape[0], n_seen + rows.shape[0], n_used + emb.shape[0]
-        digests.extend(names)
-    if n_used == 0:
+        owner[fill : fill + rows.shape[0]] = np.repeat(np.arange(len(used), len(used) + len(names)), per_image)
+        fill, n_seen = fill + rows.shape[0], n_seen + rows.shape[0]
+        used.extend(names)
+    if not used:
         raise BuildError("none of the training images could be read; check the files (see the warnings above)")
     stages.add("extract", time.perf_counter() - t_extract - stages.seconds.get("coreset", 0.0))
     stages.done("extract")
@@ -231,32 +271,31 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
     if sequential:
         if fill > banked:
             extend_bank()  # times itself
-        bank, method = buffer[:banked].copy(), f"sequential(chunks={n_chunks})"
-    else:
-        t = time.perf_counter()
-        k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
-        picked = greedy_coreset(buffer[:fill], k, projection_dim=config.projection_dim, seed=config.seed)
-        bank, method = buffer[picked], "single-pass"
-        stages.add("coreset", time.perf_counter() - t)
-    del buffer
+        stages.done("coreset")
+        return Streamed(buffer[:banked].copy(), owner[:banked].copy(), used, None, embedder.grid, n_seen,
+                        f"sequential(chunks={n_chunks})")
+    t = time.perf_counter()
+    k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
+    picked = greedy_coreset(buffer[:fill], k, projection_dim=config.projection_dim, seed=config.seed)
+    stages.add("coreset", time.perf_counter() - t)
     stages.done("coreset")
-    return bank, n_seen, n_used, method, digests
+    return Streamed(buffer[picked], owner[picked], used, buffer[:fill], embedder.grid, n_seen, "single-pass")
 
 
-def _provenance(root, digests, n_images, skipped, n_used, n_calib, options, started, stages) -> Provenance:
+def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stages) -> Provenance:
     import torch
     import torchvision
 
     from index_store import package_version
 
-    lines = sorted(f"{_relative(p, root)}\t{d}" for p, d in digests)
+    lines = sorted(f"{path}\t{digest}" for path, digest in read)
     return Provenance(
         package_version=package_version(), torch_version=torch.__version__,
         torchvision_version=torchvision.__version__, faiss_version=faiss.__version__,
         numpy_version=np.__version__,
         dataset_fingerprint=hashlib.sha256("\n".join(lines).encode()).hexdigest(),
         n_images=n_images, n_skipped=len(skipped), n_train_images=n_used, n_calibration_images=n_calib,
-        calibration_source="holdout" if not options.calibration_paths else "calibration-data",
+        calibration_source=method,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
         stage_seconds=dict(stages.seconds),

@@ -18,6 +18,7 @@ from index_store.build import BuildOptions, build_index
 from imaging.decode import list_images
 from index_store.runtime import configure_threads
 from model.backbone import BACKBONES, check_layers
+from model.calibration import DEFAULT_RULE, RULES
 from model.config import INDEX_KINDS, IndexConfig, PatchCoreConfig
 from model.errors import PatchCoreError
 
@@ -45,6 +46,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     i.add_argument("--index-type", choices=INDEX_KINDS, default="flat")
     for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m", "pq_nbits"):
         i.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(IndexConfig(), name))
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser, calibration_data: bool = True) -> None:
+    """How the threshold is set (shared with patchcore-evaluate)."""
+    g = parser.add_argument_group("threshold", "every good image goes into the bank; up to --calibration-images "
+                                  "of them are scored leave-one-image-out and --threshold-rule sets the threshold")
+    g.add_argument("--target-fpr", type=float, default=0.01,
+                   help="share of good parts the threshold may flag (default 0.01)")
+    g.add_argument("--threshold-rule", choices=RULES, default=DEFAULT_RULE, help=f"default {DEFAULT_RULE}")
+    g.add_argument("--calibration-images", type=int, default=BuildOptions().calibration_images,
+                   help="good images scored for the threshold (a seeded sample of the training images)")
+    if calibration_data:
+        g.add_argument("--calibration-data", type=Path, help="score this folder of good images instead (kept out of "
+                       "the bank)")
 
 
 def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
@@ -77,9 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch, OpenMP, FAISS and BLAS threads (default: all cores)")
-    parser.add_argument("--calibration-data", type=Path, help="folder of good images used only for the threshold")
-    parser.add_argument("--holdout-fraction", type=float, default=0.1, help="good images held out to calibrate")
-    parser.add_argument("--target-fpr", type=float, default=0.01, help="expected false-positive rate on good parts")
+    add_calibration_arguments(parser)
     parser.add_argument("--strict", action="store_true", help="fail on unreadable files instead of skipping them")
     parser.add_argument("--max-chunk-patches", type=int, default=2_000_000, help="embedding buffer rows")
     parser.add_argument("--no-progress", action="store_true")
@@ -102,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         calibration = tuple(list_images(args.calibration_data)) if args.calibration_data else ()
         options = BuildOptions(
             name=args.name or args.out.name, device=args.device, batch_size=args.batch_size,
-            holdout_fraction=args.holdout_fraction, calibration_paths=calibration, target_fpr=args.target_fpr,
+            calibration_images=args.calibration_images, calibration_paths=calibration, target_fpr=args.target_fpr,
+            threshold_rule=args.threshold_rule,
             strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
         )
         log.info("building %s from %d images under %s", options.name, len(paths), args.data)
         result = build_index(paths, config, options, root=args.data)
-        metadata = store.save(args.out, result.index, result.metadata, force=args.force)
+        metadata = store.save_result(args.out, result, force=args.force)
     except (PatchCoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,13 +7,17 @@ Any change in the meaning of a field bumps SCHEMA_VERSION; loading refuses other
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from model.config import PatchCoreConfig
-from model.scoring import Calibration
+from model.calibration import Calibration
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: every good image in the bank and calibrated leave-one-image-out; the calibration keeps its per-image scores and
+#    its rule; sidecar files (bank_image_ids.npy, images.tsv) with their sha256. Version 1 folders still load
+#    (migrate_v1): their threshold stands, but they cannot be re-calibrated without a rebuild.
+READABLE_VERSIONS = (1, 2)
 
 
 class MetadataError(ValueError):
@@ -32,7 +36,7 @@ class Provenance:
     n_skipped: int  # unreadable files skipped
     n_train_images: int  # images whose patches fed the memory bank
     n_calibration_images: int
-    calibration_source: str  # "holdout" or the --calibration-data folder
+    calibration_source: str  # "leave-one-image-out", "held-out" (chunked builds) or "calibration-data"
     built_at: str  # ISO 8601 UTC
     build_seconds: float
     peak_rss_mb: float
@@ -52,6 +56,7 @@ class IndexMetadata:
     index_sha256: str
     calibration: Calibration
     provenance: Provenance
+    sidecars: dict[str, str] = field(default_factory=dict)  # file name in the index folder -> its sha256
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -69,7 +74,10 @@ class IndexMetadata:
         if not isinstance(data, dict):
             raise MetadataError(f"{source} must hold a JSON object; rebuild the index with patchcore-build-index")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version == 1:
+            data = migrate_v1(data)
+            version = SCHEMA_VERSION
+        if version not in READABLE_VERSIONS:
             raise MetadataError(
                 f"{source} has schema_version {version!r}, this software reads {SCHEMA_VERSION}: rebuild the index "
                 "with this version's patchcore-build-index, or install the version that built it"
@@ -87,9 +95,21 @@ class IndexMetadata:
                 index_sha256=str(data["index_sha256"]),
                 calibration=Calibration.from_dict(data["calibration"]),
                 provenance=Provenance(**data["provenance"]),
+                sidecars={str(k): str(v) for k, v in data.get("sidecars", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MetadataError(
                 f"{source} is incomplete or malformed ({type(exc).__name__}: {exc}); rebuild the index with "
                 "patchcore-build-index"
             ) from exc
+
+
+def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 record (held-out calibration, Student-t bound, no per-image scores) in version-2 terms."""
+    data = dict(data, schema_version=SCHEMA_VERSION)
+    cal = dict(data["calibration"])
+    cal.setdefault("rule", "student_t")
+    cal.setdefault("achievable_fpr", cal.get("target_fpr", 0.01))
+    cal.setdefault("method", "holdout")
+    data["calibration"] = cal
+    return data

@@ -1,4 +1,6 @@
-"""Save and load a memory bank: DIR/index.faiss (faiss.write_index) + DIR/metadata.json. No pickle.
+"""Save and load a memory bank: DIR/index.faiss (faiss.write_index) + DIR/metadata.json, and the sidecars
+DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle) and DIR/images.tsv (one
+"relative path<TAB>sha256" line per bank image, its line number being its id). No pickle anywhere.
 
 Saving is atomic: everything is written into a temporary sibling folder, which then replaces DIR with os.replace,
 so a crashed build never leaves a half-written index, and an old index stays intact until the new one is complete.
@@ -12,10 +14,13 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
+import numpy as np
 import torch
 
 from index_store.metadata import IndexMetadata, MetadataError
@@ -25,8 +30,13 @@ from model.detector import Detector
 from model.errors import PatchCoreError
 from model.features import PatchEmbedder
 
+if TYPE_CHECKING:
+    from index_store.build import BuildResult
+
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
+BANK_IDS_FILE = "bank_image_ids.npy"
+IMAGES_FILE = "images.tsv"
 
 
 class IndexStoreError(PatchCoreError):
@@ -47,32 +57,81 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False) -> IndexMetadata:
-    """Write the index and its metadata atomically; returns the metadata as written (with the index sha256)."""
+def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False, *,
+         bank_image_ids: np.ndarray | None = None, images: Sequence[tuple[str, str]] | None = None) -> IndexMetadata:
+    """Write the index, its sidecars (when given) and its metadata atomically; returns the metadata as written
+    (with the sha256 of every file)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not force:
         raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
     if index.ntotal != metadata.bank_size or index.d != metadata.embedding_dim:
         raise IndexStoreError(f"index ({index.ntotal} x {index.d}) does not match its metadata; this is a bug")
+    if bank_image_ids is not None and len(bank_image_ids) != index.ntotal:
+        raise IndexStoreError(f"{len(bank_image_ids)} bank image ids for {index.ntotal} vectors; this is a bug")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         faiss.write_index(index, str(tmp / INDEX_FILE))
-        _fsync_file(tmp / INDEX_FILE)
-        metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE))
+        sidecars = {}
+        if bank_image_ids is not None:
+            np.save(tmp / BANK_IDS_FILE, np.ascontiguousarray(bank_image_ids, dtype=np.int32), allow_pickle=False)
+        if images is not None:
+            (tmp / IMAGES_FILE).write_text("".join(f"{path}\t{digest}\n" for path, digest in images))
+        for name in (INDEX_FILE, BANK_IDS_FILE, IMAGES_FILE):
+            if (tmp / name).exists():
+                _fsync_file(tmp / name)
+                if name != INDEX_FILE:
+                    sidecars[name] = sha256_file(tmp / name)
+        metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE), sidecars=sidecars)
         (tmp / METADATA_FILE).write_text(metadata.to_json() + "\n")
         _fsync_file(tmp / METADATA_FILE)
-        if out_dir.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, backup / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metadata
+
+
+def save_result(out_dir: Path, result: BuildResult, force: bool = False) -> IndexMetadata:
+    """Save what build_index returned: index, metadata and both sidecars."""
+    return save(out_dir, result.index, result.metadata, force, bank_image_ids=result.bank_image_ids,
+                images=result.images)
+
+
+def write_metadata(index_dir: Path, metadata: IndexMetadata) -> None:
+    """Replace metadata.json of an existing index folder atomically (e.g. a new threshold); the rest is unchanged."""
+    index_dir = Path(index_dir)
+    tmp = index_dir / f".{METADATA_FILE}.tmp"
+    tmp.write_text(metadata.to_json() + "\n")
+    _fsync_file(tmp)
+    os.replace(tmp, index_dir / METADATA_FILE)
+
+
+def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
+    """(M,) int32 source image of each bank vector, checked against its sha256 and the bank size."""
+    path = Path(index_dir) / BANK_IDS_FILE
+    expected = metadata.sidecars.get(BANK_IDS_FILE)
+    if expected is None or not path.is_file():
+        raise IndexStoreError(f"{index_dir} has no {BANK_IDS_FILE} (built before schema 2); rebuild it with "
+                              "patchcore-build-index --force")
+    if sha256_file(path) != expected:
+        raise IndexStoreError(f"{path} is corrupt or does not belong to this index; rebuild it with "
+                              "patchcore-build-index --force")
+    ids = np.load(path, allow_pickle=False)
+    if ids.dtype != np.int32 or ids.shape != (metadata.bank_size,):
+        raise IndexStoreError(f"{path} holds {ids.dtype} {ids.shape}, expected int32 ({metadata.bank_size},); "
+                              "rebuild it with patchcore-build-index --force")
+    return ids
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, backup / out_dir.name)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
 
 
 def read_metadata(index_dir: Path) -> IndexMetadata:
@@ -110,6 +169,10 @@ def load_index(index_dir: Path) -> tuple[IndexMetadata, faiss.Index]:
         raise IndexStoreError(f"{path} holds {index.d}-d vectors, metadata says {metadata.embedding_dim}; {rebuild}")
     if index.ntotal != metadata.bank_size:
         raise IndexStoreError(f"{path} holds {index.ntotal} vectors, metadata says {metadata.bank_size}; {rebuild}")
+    for name, expected in metadata.sidecars.items():
+        if not (index_dir / name).is_file() or sha256_file(index_dir / name) != expected:
+            raise IndexStoreError(f"{index_dir / name} is missing or corrupt (sha256 differs from metadata.json); "
+                                  f"{rebuild}")
     knn.configure_search(index, metadata.config.index)
     return metadata, index
 

@@ -16,6 +16,7 @@ import faiss
 import numpy as np
 
 from model import heatmap, knn, scoring
+from model.calibration import Calibration, is_anomalous, normalise
 from model.config import PatchCoreConfig
 from model.errors import InputError
 from model.features import PatchEmbedder, check_image, preprocess
@@ -43,7 +44,7 @@ class Detector:
         config: PatchCoreConfig,
         embedder: PatchEmbedder,
         index: faiss.Index,
-        calibration: scoring.Calibration,
+        calibration: Calibration,
     ) -> None:
         if index.d != embedder.dim:
             raise InputError(f"index dimension {index.d} != embedding dimension {embedder.dim} of {config.backbone}")
@@ -88,7 +89,7 @@ class Detector:
         scores, nn_ids = self.patch_scores(embeddings)
         t3 = time.perf_counter()
         raw = self.image_scores(embeddings, scores, nn_ids)
-        normalised = scoring.normalise(raw, self.calibration)
+        normalised = normalise(raw, self.calibration)
         t4 = time.perf_counter()
         n = len(images)
         timings = {
@@ -101,7 +102,7 @@ class Detector:
             ImageScore(
                 image_score=float(raw[i]),
                 normalised_score=float(normalised[i]),
-                is_anomalous=scoring.is_anomalous(float(raw[i]), self.calibration),
+                is_anomalous=is_anomalous(float(raw[i]), self.calibration),
                 threshold=self.calibration.threshold,
                 patch_scores=scores[i],
                 image_hw=(int(images[i].shape[0]), int(images[i].shape[1])),

@@ -76,6 +76,42 @@ def search(index: faiss.Index, queries: np.ndarray, k: int = 1) -> tuple[np.ndar
     return sq_dists, ids
 
 
+def search_excluding(
+    index: faiss.Index, queries: np.ndarray, query_owners: np.ndarray, bank_owners: np.ndarray, k: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest bank vectors of each query among those NOT owned by the query's owner (its source image).
+
+    Leave-one-image-out scoring: a training image scored against the memory bank as if its own vectors were not
+    there. Searches k + 8 neighbours, keeps the first k of another owner, and searches the rows that found too few
+    again with twice the depth (up to the whole bank). Exact for exact indexes. Returns (sq_dists (n, k) float32
+    squared L2, ids (n, k) int64), like `search`; -1 / inf where the bank holds fewer than k foreign vectors.
+    """
+    queries = as_f32(queries)
+    owners = np.asarray(query_owners).ravel()
+    bank_owners = np.asarray(bank_owners).ravel()
+    n = queries.shape[0]
+    if owners.size != n or bank_owners.size != index.ntotal:
+        raise ConfigError(f"need one owner per query ({n}) and per bank vector ({index.ntotal}), got "
+                          f"{owners.size} and {bank_owners.size}")
+    out_sq = np.full((n, k), np.inf, dtype=np.float32)
+    out_ids = np.full((n, k), -1, dtype=np.int64)
+    todo = np.arange(n)
+    depth = min(index.ntotal, k + 8)
+    while todo.size:
+        sq, ids = search(index, queries[todo], depth)  # (t, depth)
+        foreign = (ids >= 0) & (bank_owners[np.maximum(ids, 0)] != owners[todo, None])
+        enough = foreign.sum(axis=1) >= k
+        if depth >= index.ntotal:
+            enough[:] = True  # nothing deeper to search: keep what there is
+        rank = np.cumsum(foreign, axis=1)  # (t, depth): how many foreign neighbours up to each column
+        rows, cols = np.nonzero(foreign & (rank <= k) & enough[:, None])  # the first k foreign, in distance order
+        out_sq[todo[rows], rank[rows, cols] - 1] = sq[rows, cols]
+        out_ids[todo[rows], rank[rows, cols] - 1] = ids[rows, cols]
+        todo = todo[~enough]
+        depth = min(index.ntotal, depth * 2)
+    return out_sq, out_ids
+
+
 def reconstruct(index: faiss.Index, ids: np.ndarray) -> np.ndarray:
     """Bank vectors (n, D) by id (exact for flat/HNSW/IVF-Flat, the PQ approximation for IVF-PQ)."""
     ids = np.ascontiguousarray(ids, dtype=np.int64).ravel()

@@ -16,7 +16,7 @@ from imaging import render
 from imaging.decode import decode_image
 from index_store.store import IndexBundle
 from model.detector import ImageScore
-from model.scoring import normalise
+from model.calibration import normalise
 from service.schemas import BatchPrediction, Prediction, Timings
 from service.settings import HeatmapMode
 

@@ -28,7 +28,7 @@ def sample_dir(tmp_path_factory) -> Path:
 def index_dir(sample_dir, tmp_path_factory) -> Path:
     result = build_index(list_images(sample_dir), SMALL, BuildOptions(name="disc", progress=False), root=sample_dir)
     out = tmp_path_factory.mktemp("indexes") / "disc"
-    store.save(out, result.index, result.metadata)
+    store.save_result(out, result)
     return out
 
 

@@ -50,3 +50,17 @@ def to_visa(category: Path, root: Path, name: str = "disc") -> Path:
         rows.append(f"{name},test,anomaly,{target.as_posix()},{mask.as_posix()}")
     write_visa_csv(root, rows)
     return root
+
+
+def to_folder(category: Path, root: Path, masks: bool = True) -> Path:
+    """CAT -> a user's own folder: good/ (train and test good, renamed), crack-like defect folders named after the
+    defect types, and masks/<type>/<stem>.png (no `_mask` suffix) when masks is set."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        for image in sorted((category / split / "good").glob("*.png")):
+            _copy(image, root / "good" / f"{split}_{image.name}")
+    for defect, image in _defects(category):
+        _copy(image, root / defect / image.name)
+        if masks:
+            _copy(category / "ground_truth" / defect / f"{image.stem}_mask.png", root / "masks" / defect / image.name)
+    return root

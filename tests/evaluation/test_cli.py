@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,14 @@ from evaluation.report import TABLE_COLUMNS, markdown_table
 from evaluation.runner import eval_shape
 from demo.sample import write_sample
 
-from .layouts import to_btad, to_visa
+from .layouts import to_btad, to_folder, to_visa
 
 HEADER = "| " + " | ".join(TABLE_COLUMNS) + " |"
 FAST = ["--image-size", "128", "--coreset-ratio", "0.1", "--threads", "2", "--no-progress"]
 N_TEST = 3 + 2 * 2  # 3 good + 2 scratch + 2 spot
-METRICS = ("image_auroc", "image_f1_max", "image_f1_at_calibrated_threshold", "pixel_auroc", "pixel_aupro")
+METRICS = ("image_auroc", "image_f1_max", "image_f1_at_threshold", "fpr_at_threshold", "recall_at_threshold",
+           "oracle_recall_at_target", "pixel_auroc", "pixel_aupro")
+IMAGE_METRICS = METRICS[:6]
 
 
 def evaluate(*args: str | Path) -> tuple[int, str, str]:
@@ -56,11 +59,13 @@ def read_scores(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def check_metrics(document: dict, categories: list[str]) -> None:
+def check_metrics(document: dict, categories: list[str], masks: bool = True) -> None:
     assert list(document["categories"]) == categories
     for entry in [*document["categories"].values(), document["average"]]:
-        for key in METRICS:
+        for key in METRICS if masks else IMAGE_METRICS:
             assert 0.0 <= entry[key] <= 1.0, (key, entry[key])
+        if not masks:
+            assert entry["pixel_auroc"] is None and entry["pixel_aupro"] is None
 
 
 # ---------------------------------------------------------------- end to end, MVTec layout
@@ -88,7 +93,9 @@ def test_metrics_json_in_range_and_detection_works(first):
     assert document["eval_size"] == 256 and "256" in document["eval_resolution"]
     assert disc["config"]["image_size"] == 128 and disc["index"]["reused"] is False
     calibration = disc["index"]["calibration"]
-    assert disc["calibrated_threshold"] == calibration["threshold"]
+    assert disc["threshold"] == calibration["threshold"] and disc["target_fpr"] == calibration["target_fpr"] == 0.01
+    assert calibration["method"] == "leave-one-image-out" and len(calibration["scores"]) == 12
+    assert disc["recall_at_threshold"] >= disc["oracle_recall_at_target"] - 0.05 and disc["fpr_at_threshold"] <= 1 / 3
     assert {"index", "score", "maps", "metrics", "figures", "total"} <= set(disc["timings_s"])
     assert document["peak_rss_mb"] > 0
 
@@ -104,7 +111,7 @@ def test_results_table_written_and_printed(first):
     cells = [c.strip() for c in average.strip("|").split("|")]
     assert len(cells) == 5 and all(len(c.split(".")[1]) == 3 for c in cells[1:])
     assert "256 px" in markdown  # the caption states the evaluation resolution
-    assert HEADER in stdout and "Image F1 at threshold" in stdout  # the second, calibrated-threshold table
+    assert HEADER in stdout and "| Realised FPR |" in stdout and "Oracle recall at target" in stdout  # decisions
 
 
 def test_figures_mix_defect_types(first):
@@ -170,6 +177,43 @@ def test_other_layouts_end_to_end(layout, convert, category, data, tmp_path):
     kinds = {"btad": ("ko", "ok"), "visa": ("anomaly", "normal")}[layout]
     assert sorted(p.name.split("_")[0] for p in (out / category / "figures").iterdir()) == sorted(kinds)
     assert HEADER in stdout and f"| {category} " in stdout
+
+
+def test_mvtec_without_masks_gives_complete_image_metrics_and_dashes(data, tmp_path):
+    root = tmp_path / "labels_only"
+    shutil.copytree(data / "disc", root / "disc", ignore=shutil.ignore_patterns("ground_truth"))
+    out = tmp_path / "out"
+    code, stdout, stderr = evaluate("--data", root, "--layout", "mvtec", "--out", out, "--figures", "1", *FAST)
+    assert code == 0, stderr
+    document = json.loads((out / "metrics.json").read_text())
+    check_metrics(document, ["disc"], masks=False)
+    assert document["categories"]["disc"]["image_auroc"] >= 0.9 and not document["categories"]["disc"]["has_masks"]
+    row = next(line for line in stdout.splitlines() if line.startswith("| disc "))
+    assert [c.strip() for c in row.strip("|").split("|")][3:] == ["-", "-"]
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_folder_layout_end_to_end(data, tmp_path, masks):
+    root = to_folder(data / "disc", tmp_path / "my_product", masks=masks)
+    out = tmp_path / "out"
+    code, stdout, stderr = evaluate("--data", root, "--layout", "folder", "--out", out, "--test-split-ratio", "0.2",
+                                    "--figures", "0", *FAST)
+    assert code == 0, stderr
+    document = json.loads((out / "metrics.json").read_text())
+    check_metrics(document, ["my_product"], masks=masks)
+    entry = document["categories"]["my_product"]
+    assert (entry["n_good"], entry["n_anomalous"], entry["index"]["n_train_images"]) == (3, 4, 12)  # 20 % of 15
+    assert entry["image_auroc"] >= 0.9 and "| my_product " in stdout
+
+
+def test_folder_layout_errors_say_what_to_do(data, tmp_path):
+    root = to_folder(data / "disc", tmp_path / "p")
+    (root / "masks" / "spot" / "000.png").unlink()
+    code, _, stderr = evaluate("--data", root, "--layout", "folder", "--out", tmp_path / "o", *FAST)
+    assert code == 1 and "has no mask" in stderr and "--mask-dir" in stderr
+    code, _, stderr = evaluate("--data", root, "--layout", "folder", "--normal-dir", "ok", "--out", tmp_path / "o",
+                               *FAST)
+    assert code == 1 and "--normal-dir" in stderr and "'good'" in stderr
 
 
 # ---------------------------------------------------------------- parts

@@ -6,7 +6,8 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from evaluation.metrics import aupro, f1_at_threshold, f1_max, image_auroc, pixel_auroc, pro_curve
+from evaluation.metrics import (aupro, f1_at_threshold, f1_max, image_auroc, oracle_recall_at_fpr, pixel_auroc,
+                                pro_curve, rates_at_threshold)
 
 STRUCTURE = {4: np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]]), 8: np.ones((3, 3), dtype=int)}
 
@@ -238,3 +239,24 @@ def test_auroc_errors_say_what_is_missing():
         image_auroc([0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="mask must mark a defect"):
         pixel_auroc([np.zeros((2, 2))], [np.ones((2, 2))])
+
+
+def test_rates_at_threshold_by_hand():
+    labels = [0, 0, 0, 0, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.9, 0.5, 0.8, 1.0]
+    assert rates_at_threshold(labels, scores, 0.5) == (0.25, 1.0)
+    assert rates_at_threshold(labels, scores, 0.95) == (0.0, pytest.approx(1 / 3))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_oracle_recall_matches_a_search_over_every_threshold(seed):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(40, int), np.ones(25, int)]
+    scores = np.round(np.r_[rng.normal(0, 1, 40), rng.normal(1.2, 1, 25)], 1)  # rounding makes ties
+    for max_fpr in (0.0, 0.01, 0.05, 0.2):
+        best = 0.0
+        for t in np.r_[np.unique(scores), np.inf]:
+            fpr, recall = rates_at_threshold(labels, scores, t)
+            if fpr <= max_fpr:
+                best = max(best, recall)
+        assert oracle_recall_at_fpr(labels, scores, max_fpr) == pytest.approx(best)

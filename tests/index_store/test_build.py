@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from index_store import store
-from index_store.build import BuildError, BuildOptions, build_index, split_holdout
+from index_store.build import BuildError, BuildOptions, build_index, sample_ids, split_held_out
 from index_store.cli import main
 from imaging.decode import list_images
 from model.config import PatchCoreConfig
@@ -18,11 +18,17 @@ def test_cli_builds_an_index_end_to_end(sample_dir, tmp_path, capsys):
     out = tmp_path / "idx"
     assert main(["--data", str(sample_dir), "--out", str(out), "--json", *FAST]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["images"] == 11 and summary["calibration_images"] == 5
+    assert summary["images"] == 16 and summary["calibration_images"] == 16  # every image in the bank, all scored
     bundle = store.load(out)
-    assert bundle.metadata.bank_size == summary["bank_size"] == round(0.1 * 11 * 8 * 8)
+    assert bundle.metadata.bank_size == summary["bank_size"] == round(0.1 * 16 * 8 * 8)
     assert bundle.metadata.config.image_size == 64 and bundle.metadata.name == "idx"
-    assert bundle.metadata.provenance.calibration_source == "holdout"
+    assert bundle.metadata.provenance.calibration_source == "leave-one-image-out"
+    cal = bundle.metadata.calibration
+    assert len(cal.scores) == len(cal.images) == 16 and cal.rule == "student_t"
+    ids = store.read_bank_image_ids(out, bundle.metadata)
+    assert ids.shape == (bundle.metadata.bank_size,) and set(ids.tolist()) <= set(range(16))
+    lines = (out / store.IMAGES_FILE).read_text().splitlines()
+    assert len(lines) == 16 and lines[0].split("\t")[0] == "train/good/000.png" and len(lines[0].split("\t")[1]) == 64
 
 
 def test_cli_refuses_an_existing_output_without_force(sample_dir, tmp_path, capsys):
@@ -63,15 +69,18 @@ def test_too_few_images_for_the_coreset(sample_dir):
     paths = list_images(sample_dir)[:3]
     with pytest.raises(BuildError, match="raise --coreset-ratio"):
         build_index(paths, PatchCoreConfig(image_size=64, coreset_ratio=0.005), BuildOptions(progress=False))
-    with pytest.raises(BuildError, match="need at least"):
-        split_holdout(paths[:2], 0.1, seed=0)
-    assert [len(part) for part in split_holdout(list_images(sample_dir), 0.1, seed=0)] == [11, 5]
+    with pytest.raises(BuildError, match="calibration-images must be >= 2"):
+        build_index(paths, PatchCoreConfig(image_size=64), BuildOptions(progress=False, calibration_images=1))
 
 
-def test_holdout_split_is_seeded_and_disjoint(sample_dir):
+def test_calibration_sample_and_chunked_holdout_are_seeded_and_disjoint(sample_dir):
+    assert sample_ids(10, 20, seed=0).tolist() == list(range(10))
+    picked = sample_ids(100, 30, seed=0)
+    assert picked.tolist() == sample_ids(100, 30, seed=0).tolist() and len(set(picked.tolist())) == 30
+    assert picked.tolist() != sample_ids(100, 30, seed=1).tolist() and picked.tolist() == sorted(picked.tolist())
     paths = list_images(sample_dir)
-    train, hold = split_holdout(paths, 0.1, seed=0)
-    assert (train, hold) == split_holdout(paths, 0.1, seed=0)
+    train, hold = split_held_out(paths, 200, seed=0)
+    assert (train, hold) == split_held_out(paths, 200, seed=0) and len(hold) == 2  # at least 2, else 10 %
     assert not set(train) & set(hold) and len(train) + len(hold) == len(paths)
 
 
@@ -86,14 +95,14 @@ def test_calibration_data_replaces_the_holdout(sample_dir, tmp_path):
 def test_training_images_score_below_the_threshold(bundle, sample_dir):
     from imaging.decode import read_image
 
-    train, _ = split_holdout(list_images(sample_dir), 0.1, seed=bundle.metadata.config.seed)
+    train = list_images(sample_dir)  # every one of them is in the bank
     scores = [s.image_score for s in bundle.detector.score_batch([read_image(p)[0] for p in train[:8]])]
     assert max(scores) < bundle.metadata.calibration.threshold
     assert np.mean(scores) < bundle.metadata.calibration.mean  # seen images sit closer to the bank than unseen
 
 
 def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(sample_dir):
-    """Chunks of 4 images: each extends the bank so far. The bank is what the numpy reference greedy gives for the
+    """Chunks of 5 images: each extends the bank so far. The bank is what the numpy reference greedy gives for the
     same chunks, and it covers the training patches almost as well as one greedy over all of them."""
     from imaging.decode import read_image
     from model.coreset import greedy_coreset_reference
@@ -101,20 +110,22 @@ def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(
 
     paths = list_images(sample_dir)
     config = PatchCoreConfig(image_size=64, coreset_ratio=0.1)
-    single = build_index(paths, config, BuildOptions(progress=False))
-    chunked = build_index(paths, config, BuildOptions(progress=False, max_chunk_patches=4 * 64, batch_size=4))
+    train, held = split_held_out(paths, 200, seed=config.seed)  # chunked builds calibrate on held-out images
+    single = build_index(train, config, BuildOptions(progress=False))  # the same bank images, in one pass
+    chunked = build_index(paths, config, BuildOptions(progress=False, max_chunk_patches=5 * 64, batch_size=5))
     assert single.metadata.coreset_method == "single-pass"
     assert chunked.metadata.coreset_method == "sequential(chunks=3)"
-    assert abs(chunked.index.ntotal - single.index.ntotal) <= 1
+    assert abs(chunked.index.ntotal - single.index.ntotal) <= 4
 
     emb = PatchEmbedder(config)
-    train, _ = split_holdout(paths, 0.1, seed=config.seed)
-    batches = [emb.embed([read_image(p)[0] for p in train[i : i + 4]]).reshape(-1, emb.dim)
-               for i in range(0, len(train), 4)]
+    assert chunked.metadata.provenance.calibration_source == "held-out"
+    assert chunked.metadata.provenance.n_calibration_images == len(held) == 2
+    batches = [emb.embed([read_image(p)[0] for p in train[i : i + 5]]).reshape(-1, emb.dim)
+               for i in range(0, len(train), 5)]
     feats = np.concatenate(batches)
-    # The reference: the same chunks (the buffer holds 256 new rows behind the bank), the plain numpy greedy.
+    # The reference: the same chunks (the buffer holds 320 new rows behind the bank), the plain numpy greedy.
     bank_ref, pending = np.empty((0, emb.dim), np.float32), []
-    capacity = 256 + int(round(0.1 * len(feats))) + -(-len(feats) // 256)
+    capacity = 320 + int(round(0.1 * len(feats))) + -(-len(feats) // 320)
 
     def extend(bank, pending):  # a small bank: its distances are exact, as with the rows stacked as fixed centres
         rows = np.concatenate([bank, *pending])

@@ -24,7 +24,7 @@ def assert_peaks_on(amap, center, tolerance):
 def test_defect_placed_at_a_known_spot_peaks_there(bundle, center):
     image, _ = defect_at(center)
     pred = bundle.detector.predict(image)
-    assert pred.image_score > bundle.metadata.calibration.max  # above every held-out good image
+    assert pred.image_score > bundle.metadata.calibration.max  # above every good image, scored left out
     assert pred.anomaly_map.shape == image.shape[:2]
     assert_peaks_on(pred.anomaly_map, center, tolerance=10)
 
@@ -32,7 +32,7 @@ def test_defect_placed_at_a_known_spot_peaks_there(bundle, center):
 def test_defect_peaks_there_with_a_crop_and_an_upscaled_picture(sample_dir, tmp_path):
     config = PatchCoreConfig(image_size=128, crop_size=112, coreset_ratio=0.1)
     result = build_index(list_images(sample_dir), config, BuildOptions(progress=False))
-    store.save(tmp_path / "crop", result.index, result.metadata)
+    store.save_result(tmp_path / "crop", result)
     detector = store.load(tmp_path / "crop").detector
     image, _ = defect_at((50, 75), seed=3)
     big = np.repeat(np.repeat(image, 3, axis=0), 3, axis=1)  # 384 x 384: the map must come back at that size
@@ -47,11 +47,12 @@ def test_good_images_are_normal_and_defects_anomalous(bundle, sample_dir):
     truth = [p.parent.name != "good" for p in paths]
     good = max(s.image_score for s, t in zip(scores, truth) if not t)
     assert min(s.image_score for s, t in zip(scores, truth) if t) > good  # perfect ranking
-    assert not any(s.is_anomalous for s, t in zip(scores, truth) if not t)
     assert all(s.is_anomalous == (s.image_score >= bundle.metadata.calibration.threshold) for s in scores)
-    # Only 5 held-out images calibrate this tiny index, so its Student-t threshold is wide: at least the scratches
-    # (the stronger defect) are flagged. Decisions on real data are checked in tests/test_realdata.py.
-    assert sum(s.is_anomalous for s, t in zip(scores, truth) if t) >= 3
+    # Every one of the 16 training images calibrates this tiny index (leave-one-image-out), so every defect is
+    # flagged. One of its 3 good test discs is more unusual than any training disc and may be flagged too: a
+    # threshold from 16 images cannot promise 1 %. Decisions on real data are checked in tests/test_realdata.py.
+    assert all(s.is_anomalous for s, t in zip(scores, truth) if t)
+    assert sum(s.is_anomalous for s, t in zip(scores, truth) if not t) <= 1
 
 
 def test_batch_equals_single_and_image_score_is_max_patch_score(bundle, sample_dir):

@@ -28,7 +28,7 @@ def test_metadata_holds_config_provenance_and_checksum(bundle, index_dir):
     assert m.bank_size == bundle.detector.index.ntotal
     assert m.index_sha256 == store.sha256_file(index_dir / "index.faiss")
     p = m.provenance
-    assert p.n_train_images + p.n_calibration_images == p.n_images == 16 and p.n_skipped == 0
+    assert p.n_train_images == p.n_calibration_images == p.n_images == 16 and p.n_skipped == 0  # all in the bank
     assert len(p.dataset_fingerprint) == 64 and p.torch_version and p.faiss_version
     assert set(p.stage_seconds) >= {"extract", "coreset", "index", "calibration"}
     assert m.calibration.threshold > m.calibration.mean
@@ -120,7 +120,7 @@ def test_approximate_indexes_are_trained_saved_and_reloaded_exactly(sample_dir, 
 
     config = PatchCoreConfig(image_size=128, coreset_ratio=0.5, index=IndexConfig(**index_config))
     result = build_index(list_images(sample_dir), config, BuildOptions(progress=False))
-    store.save(tmp_path / "a", result.index, result.metadata)
+    store.save_result(tmp_path / "a", result)
     loaded = store.load(tmp_path / "a")
     assert loaded.metadata.config.index == config.index
     assert type(loaded.detector.index).__name__ == type(result.index).__name__

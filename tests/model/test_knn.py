@@ -69,3 +69,19 @@ def test_reconstruct_works_on_ivf_indexes():
     index = knn.build_index(bank, IndexConfig(kind="ivf_flat", nlist=16), seed=0)
     np.testing.assert_array_equal(knn.reconstruct(index, np.array([3, 1999])), bank[[3, 1999]])
     np.testing.assert_array_equal(knn.reconstruct(index, np.array([7])), bank[[7]])  # direct map reused
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_search_excluding_equals_brute_force_over_the_foreign_vectors(k):
+    rng = np.random.default_rng(3)
+    bank = rng.normal(size=(300, 16)).astype(np.float32)
+    bank_owners = np.repeat(np.arange(10), 30)  # image 3's 30 vectors sit around the queries of image 3
+    queries = bank[90:120] + 0.01 * rng.normal(size=(30, 16)).astype(np.float32)
+    owners = np.full(30, 3)
+    index = knn.build_index(bank, IndexConfig(), 0)
+    sq, ids = knn.search_excluding(index, queries, owners, bank_owners, k=k)
+    d = ((queries[:, None, :].astype(np.float64) - bank[None]) ** 2).sum(-1)
+    d[:, bank_owners == 3] = np.inf
+    np.testing.assert_array_equal(ids, np.argsort(d, axis=1, kind="stable")[:, :k])
+    np.testing.assert_allclose(sq, np.sort(d, axis=1)[:, :k], rtol=1e-4)
+    assert not np.isin(bank_owners[ids], 3).any()

@@ -57,7 +57,7 @@ def index_root(tmp_path_factory) -> Path:
     for name, (sample_args, config) in products.items():
         sample = write_sample(root / "samples" / name, n_train=12, n_test_good=2, n_test_defect=2, **sample_args)
         result = build_index(list_images(sample), config, BuildOptions(name=f"{name}-product", progress=False))
-        store.save(root / "indexes" / name, result.index, result.metadata)
+        store.save_result(root / "indexes" / name, result)
     return root
 
 

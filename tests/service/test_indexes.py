@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from index_store.metadata import SCHEMA_VERSION
 from index_store import store
 from tests.service.conftest import png_bytes
 
@@ -75,7 +76,7 @@ def test_metrics_count_requests_and_stages(multi_client, test_images, indexes_di
     meta = store.read_metadata(indexes_dir / "disc-b")
     assert _metric(text, "patchcore_index_bank_size", index="disc-b") == meta.bank_size
     assert _metric(text, "patchcore_index_threshold", index="disc-b") == pytest.approx(meta.calibration.threshold)
-    assert _metric(text, "patchcore_index_info", index="disc", backbone="mobilenet_v2", schema_version="1") == 1
+    assert _metric(text, "patchcore_index_info", index="disc", backbone="mobilenet_v2", schema_version=str(SCHEMA_VERSION)) == 1
     assert _metric(text, "patchcore_ready") == 1
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from imaging.decode import decode_image
 from demo.sample import add_defect, good_image
-from model.scoring import normalise
+from model.calibration import normalise
 from tests.service.conftest import png_bytes
 
 
