@@ -35,3 +35,13 @@ def index_dir(sample_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundle(index_dir) -> store.IndexBundle:
     return store.load(index_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests (tests/page) are marked `browser` and run last: Playwright's sync API keeps an asyncio event loop
+    running in the main thread from its first use to the end of the session, and asyncio.run() refuses to start
+    inside one."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: "browser" in getattr(item, "fixturenames", ()))

@@ -151,7 +151,7 @@ function succeed(item, result) {
   item.result = result;
   item.url = URL.createObjectURL(item.file);
   item.card = new ScoredCard(item, item.url);
-  ui.cards.prepend(item.card.el);
+  ui.cards.append(item.card.el);
   addItem(item);
   item.card.ready.then(() => showItem(item), (exc) => messages.show(describeError(exc)));
   if (item.index === ui.product.value) syncWhatIf();
@@ -159,7 +159,7 @@ function succeed(item, result) {
 
 function fail(item, err) {
   item.error = describeError(err, state.limits);
-  ui.cards.prepend(errorCard(item, item.error));
+  ui.cards.append(errorCard(item, item.error));
   addItem(item);
 }
 
@@ -257,6 +257,7 @@ function wire() {
     for (const item of state.items) if (item.url) URL.revokeObjectURL(item.url);
     state.items = [];
     state.next = 1;
+    state.whatIf.clear(); // a new session starts from the server's thresholds
     ui.cards.replaceChildren();
     ui.rows.replaceChildren();
     showCounts();

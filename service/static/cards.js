@@ -24,6 +24,12 @@ async function greyLevels(img) {
   return grey;
 }
 
+// "#3 name.png": the number is the row of the results table.
+function head(item) {
+  return el("div", { className: "head" }, el("span", { className: "n", textContent: `#${item.n}` }),
+    el("h3", { className: "name", textContent: item.name, title: item.name }));
+}
+
 export class ScoredCard {
   // item: {n, name, index, result}; photoUrl: an object URL of the uploaded file.
   constructor(item, photoUrl) {
@@ -64,8 +70,7 @@ export class ScoredCard {
       textContent: `${fmt(t.total, 0)} ms total · decode ${fmt(t.decode, 0)} · backbone ${fmt(t.backbone, 0)} · ` +
         `search ${fmt(t.search, 0)} · map ${fmt(t.map, 0)} · queue ${fmt(t.queue, 0)}`,
     });
-    const name = el("h3", { className: "name", textContent: item.name, title: item.name });
-    this.el.append(stack, el("div", { className: "body" }, name,
+    this.el.append(stack, el("div", { className: "body" }, head(item),
       el("p", { className: "verdict" }, this.decision, this.serverNote), facts, timings, this.note));
   }
 
@@ -112,7 +117,7 @@ export function errorCard(item, described) {
   const code = described.status > 0 ? ` (HTTP ${described.status})` : "";
   return el("article", { className: "card error", id: `card-${item.n}`, dataset: { n: item.n, decision: "error" } },
     el("div", { className: "body" },
-      el("h3", { className: "name", textContent: item.name, title: item.name }),
+      head(item),
       el("p", { className: "error-title", textContent: described.title + code }),
       el("p", { className: "error-detail", textContent: described.detail }),
       described.hint ? el("p", { className: "error-hint muted", textContent: described.hint }) : null));

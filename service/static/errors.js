@@ -59,6 +59,8 @@ function hintFor(status, err, limits) {
     case 0:
       return "Check that the server is running and reachable. If a large file was being sent, the server may " +
         "have closed the connection because it is over the upload limit.";
+    case -1:
+      return "Something other than the PatchCore server answered (a proxy or a login page?); reload the page.";
     case 400:
       return "Pick the product in the list above, then send the pictures again.";
     case 401:
@@ -92,7 +94,7 @@ export function describeError(err, limits = null) {
   }
   const status = err.status;
   let title = TITLES[status];
-  if (!title) title = status >= 500 ? `Server error (HTTP ${status})` : `Request refused (HTTP ${status})`;
+  if (!title) title = status >= 500 ? "Server error" : "Request refused"; // the status code is shown beside it
   if (status === 401 && /wrong/i.test(err.detail || "")) title = "Wrong API key";
   return { status, title, detail: err.detail || "", hint: hintFor(status, err, limits) };
 }

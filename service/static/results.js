@@ -60,7 +60,7 @@ export function fillRow(tr, rec) {
   tr.replaceChildren();
   tr.dataset.status = rec.status;
   cell(tr, String(rec.n));
-  cell(tr, rec.file, "file");
+  cell(tr, rec.file, "file").title = rec.file;
   cell(tr, rec.product);
   if (rec.status === "error") {
     const td = cell(tr, rec.error, "error-text");
