@@ -16,10 +16,8 @@ import pytest
 
 from demo.sample import write_sample
 from imaging.decode import list_images
-from index_store import store
-from index_store.build import BuildOptions, build_index
 from service.app import create_app
-from tests.conftest import SMALL
+from tests.conftest import SMALL, build_and_save
 from tests.live import live_server
 from tests.page.inspection import Inspection, sample_files
 from tests.service.conftest import make_settings
@@ -61,10 +59,8 @@ def page_sample(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def page_index(page_sample, tmp_path_factory) -> Path:
-    result = build_index(list_images(page_sample), SMALL, BuildOptions(name="disc", progress=False), root=page_sample)
-    out = tmp_path_factory.mktemp("page-index") / "disc"
-    store.save(out, result.index, result.metadata)
-    return out
+    return build_and_save(list_images(page_sample), SMALL, tmp_path_factory.mktemp("page-index") / "disc",
+                          root=page_sample)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,9 @@ from PIL import Image
 from playwright.sync_api import expect
 
 from imaging.decode import list_images
-from index_store import store
-from index_store.build import BuildOptions, build_index
 from model.config import PatchCoreConfig
 from service.app import create_app
-from tests.conftest import REAL_DATA
+from tests.conftest import REAL_DATA, build_and_save
 from tests.live import live_server
 from tests.page.inspection import Inspection, payload
 from tests.service.conftest import MIB, make_settings
@@ -32,10 +30,8 @@ BROKEN, GOOD = BOTTLE / "test" / "broken_large" / "000.png", BOTTLE / "test" / "
 
 @pytest.fixture(scope="module")
 def bottle_server(tmp_path_factory):
-    result = build_index(list_images(BOTTLE)[:30], PatchCoreConfig(coreset_ratio=0.1),
-                         BuildOptions(name="bottle", progress=False))
-    out = tmp_path_factory.mktemp("bottle") / "bottle"
-    store.save(out, result.index, result.metadata)
+    out = build_and_save(list_images(BOTTLE)[:30], PatchCoreConfig(coreset_ratio=0.1),
+                         tmp_path_factory.mktemp("bottle") / "bottle", name="bottle")
     with live_server(create_app(make_settings(out, max_upload_bytes=4 * MIB, threads=2))) as url:
         yield url
 
