@@ -1,6 +1,6 @@
-"""Every API error shows as a readable message in the page, never as a broken page: the real server's 422, 413 and
-401, then 503, 500, 502 and a cut connection through Playwright's network interception, and the page's error
-mapping itself (static/errors.js) called directly in the browser."""
+"""Every API error shows as a readable message in the page, never as a broken page: the real server's 422, 413, 401
+and 503, then 503 for good, 500, 502 and a cut connection through Playwright's network interception, and the
+page's error mapping itself (static/errors.js) called directly in the browser."""
 
 from __future__ import annotations
 
@@ -111,6 +111,37 @@ def test_a_server_with_an_api_key(page, key_server, disc_files, tmp_path):
 
     page.reload()  # the key is kept for this tab (sessionStorage)
     expect(page.locator("#product")).to_be_enabled()
+    expect(page.locator("#messages .message")).to_have_count(0)
+    view.finish(tmp_path / "page.png")
+
+
+@pytest.fixture(scope="module")
+def pausable_server(page_index):
+    """A real server whose readiness the test switches off and on (what it answers while loading or stopping)."""
+    app = create_app(make_settings(page_index))
+    with live_server(app) as url:
+        yield url, app.state.registry
+
+
+def test_the_real_servers_503_is_waited_out(page, pausable_server, disc_files, tmp_path):
+    """Not ready: the server answers 503 with Retry-After: 5. The page says it waits, asks again, and gets there."""
+    url, registry = pausable_server
+    view = Inspection(page, url)
+    registry.ready = False
+    try:
+        view.open(products=False)
+        expect(page.locator("#status")).to_contain_text("still starting; asking again in 5 s", timeout=10_000)
+    finally:
+        registry.ready = True
+    expect(page.locator("#product")).to_be_enabled(timeout=15_000)
+    registry.ready = False
+    try:
+        view.send(payload("good.png", disc_files["good/000.png"]))
+        expect(page.locator("#status")).to_contain_text("busy; sending again in 5 s", timeout=10_000)
+    finally:
+        registry.ready = True
+    view.wait_rows(1)
+    assert view.decisions() == ["normal"]
     expect(page.locator("#messages .message")).to_have_count(0)
     view.finish(tmp_path / "page.png")
 
