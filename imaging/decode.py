@@ -76,7 +76,9 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"{name} has too many pixels ({exc}); downscale it before sending") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{name} is not a supported image ({exc}); send PNG, JPEG, BMP or TIFF") from exc
+        # (PIL's own message names an internal buffer object: of no use to whoever sent the file)
+        raise ImageDecodeError(f"{name} is not a supported image (its format was not recognised); "
+                               "send PNG, JPEG, BMP or TIFF") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"{name} could not be decoded, it may be truncated or corrupt ({exc})") from exc
 

@@ -26,6 +26,7 @@ from service.indexes import IndexRegistry
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from service.page import install_page
 from service.routes import router
 from service.runner import InferenceRunner
 from service.settings import Settings
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.runner = None
     install_error_handlers(app)
     app.include_router(router)
+    install_page(app)  # GET / and /static/*
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     known = frozenset(getattr(r, "path", "") for r in app.routes)
     app.add_middleware(RequestLogMiddleware, metrics=app.state.metrics, known_paths=known)  # outermost: sees 413s

@@ -12,7 +12,7 @@ from service import inference
 from service.deps import MetricsDep, RegistryDep, RunnerDep, SettingsDep, require_api_key
 from service.errors import UploadTooLargeError
 from service.metrics import CONTENT_TYPE, ServiceMetrics
-from service.schemas import BatchPrediction, ErrorBody, Health, IndexInfo, Prediction, Ready
+from service.schemas import BatchPrediction, ErrorBody, Health, IndexInfo, Limits, Prediction, Ready
 from service.settings import HeatmapMode
 
 router = APIRouter()
@@ -80,11 +80,19 @@ async def indexes(registry: RegistryDep) -> list[IndexInfo]:
             name=name, product=meta.name, schema_version=meta.schema_version, backbone=cfg.backbone,
             layers=list(cfg.layers), image_size=cfg.image_size, crop_size=cfg.crop_size,
             embedding_dim=meta.embedding_dim, grid=list(meta.grid), bank_size=meta.bank_size,
-            index_kind=cfg.index.kind, threshold=meta.calibration.threshold, target_fpr=meta.calibration.target_fpr,
+            index_kind=cfg.index.kind, threshold=meta.calibration.threshold, score_std=meta.calibration.std,
+            target_fpr=meta.calibration.target_fpr,
             n_train_images=meta.provenance.n_train_images, built_at=meta.provenance.built_at,
             package_version=meta.provenance.package_version,
         ))
     return out
+
+
+@router.get("/limits", response_model=Limits, tags=["indexes"],
+            summary="what the server accepts (no key needed: clients read it before asking for one)")
+async def limits(settings: SettingsDep) -> Limits:
+    return Limits(max_upload_bytes=settings.max_upload_bytes, max_batch_files=settings.max_batch_files,
+                  max_pixels=settings.max_pixels, api_key_required=settings.api_key is not None)
 
 
 @router.post("/predict", response_model=Prediction, responses=ERRORS, dependencies=[Depends(require_api_key)],

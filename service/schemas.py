@@ -66,10 +66,23 @@ class IndexInfo(BaseModel):
     bank_size: int = Field(description="memory-bank vectors")
     index_kind: str = Field(description="FAISS index type")
     threshold: float
+    score_std: float = Field(
+        description="spread of the good calibration scores: normalised_score = sigmoid((image_score - threshold) / "
+        "score_std); lets a client re-normalise scores against another threshold"
+    )
     target_fpr: float
     n_train_images: int
     built_at: str
     package_version: str = Field(description="version of the software that built the index")
+
+
+class Limits(BaseModel):
+    """What the server accepts; public, so that a client can check files (and ask for a key) before sending."""
+
+    max_upload_bytes: int = Field(description="per uploaded file")
+    max_batch_files: int = Field(description="files per /predict/batch request")
+    max_pixels: int = Field(description="per decoded image")
+    api_key_required: bool = Field(description="/predict*, /indexes need header X-API-Key")
 
 
 class Health(BaseModel):

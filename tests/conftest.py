@@ -24,14 +24,28 @@ def sample_dir(tmp_path_factory) -> Path:
                         size=128)
 
 
-@pytest.fixture(scope="session")
-def index_dir(sample_dir, tmp_path_factory) -> Path:
-    result = build_index(list_images(sample_dir), SMALL, BuildOptions(name="disc", progress=False), root=sample_dir)
-    out = tmp_path_factory.mktemp("indexes") / "disc"
+def build_and_save(paths, config: PatchCoreConfig, out: Path, name: str = "disc", root: Path | None = None) -> Path:
+    """Build an index of these good pictures and save it to out (a new folder); returns out."""
+    result = build_index(list(paths), config, BuildOptions(name=name, progress=False), root=root)
     store.save_result(out, result)
     return out
 
 
 @pytest.fixture(scope="session")
+def index_dir(sample_dir, tmp_path_factory) -> Path:
+    return build_and_save(list_images(sample_dir), SMALL, tmp_path_factory.mktemp("indexes") / "disc", root=sample_dir)
+
+
+@pytest.fixture(scope="session")
 def bundle(index_dir) -> store.IndexBundle:
     return store.load(index_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests (tests/page) are marked `browser` and run last: Playwright's sync API keeps an asyncio event loop
+    running in the main thread from its first use to the end of the session, and asyncio.run() refuses to start
+    inside one."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: "browser" in getattr(item, "fixturenames", ()))
