@@ -82,6 +82,8 @@ def parse_args(argv):
     p.add_argument("--rows", nargs="+", default=None,
                    help="only these rows: names (ours anomalib +C A-C ...) or 7-letter switch strings (OAAAOOO)")
     p.add_argument("--out", type=Path, default=RESULTS / "ablate_anomalib_gap.json")
+    p.add_argument("--report", type=Path, nargs="+", default=None,
+                   help="print the tables of earlier runs' JSON files (merged per product) and exit")
     return p.parse_args(argv)
 
 
@@ -285,7 +287,22 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def report(paths: list[Path]) -> int:
+    """Tables of saved runs; rows of later files are added to (or replace) those of earlier ones."""
+    merged: dict = {"products": {}}
+    for path in paths:
+        document = json.loads(Path(path).read_text())
+        for product, results in document["products"].items():
+            merged["products"].setdefault(product, {}).update(results)
+    for product, results in merged["products"].items():
+        print(product_table(product, results) + "\n")
+    print(effects_table(merged))
+    return 0
+
+
 def main(argv=None) -> int:
+    if "--report" in (argv if argv is not None else sys.argv):
+        return report(parse_args(argv).report)
     ensure_environment()
     import torch
 
@@ -342,7 +359,7 @@ def product_table(name: str, results: dict) -> str:
             "image F1-max": f"{r['image_f1_max']:.3f}",
             "pixel AUROC": f"{r['pixel_auroc']:.3f}" if "pixel_auroc" in r else "–",
             "pixel AUPRO": f"{r['pixel_aupro']:.3f}" if "pixel_aupro" in r else "–",
-            "good: max patch on border": f"{r['max_patch_on_border_good']:.2f}",
+            "good: max patch on border": f"{r['max_patch_on_border_good']:.2f}" if 'max_patch_on_border_good' in r else "",
         })
     return table(rows_out, title=f"{name}: image AUROC mean ± sd over coreset seeds")
 
@@ -357,16 +374,17 @@ def effects_table(document: dict) -> str:
             short = Path(product).name
             if f"+{s} {NAMES[s]}" in results and "ours" in results:
                 d = results[f"+{s} {NAMES[s]}"]["image_auroc"] - results["ours"]["image_auroc"]
-                row[f"{short} +{s}"] = f"{d:+.3f}"
+                row[f"{short} alone"] = f"{d:+.3f}"
                 alone.append(d)
             if f"A-{s} {NAMES[s]}" in results and "anomalib" in results:
                 d = results["anomalib"]["image_auroc"] - results[f"A-{s} {NAMES[s]}"]["image_auroc"]
-                row[f"{short} A-{s}"] = f"{d:+.3f}"
+                row[f"{short} in anomalib"] = f"{d:+.3f}"
                 dropped.append(d)
         row["mean alone"] = f"{np.mean(alone):+.3f}" if alone else ""
         row["mean in anomalib"] = f"{np.mean(dropped):+.3f}" if dropped else ""
         lines.append(row)
-    return table(lines, title="effect of each switch on image AUROC: '+X' = ours with X alone minus ours; "
+    columns = list(dict.fromkeys(key for row in lines for key in row))
+    return table(lines, columns, title="effect of each switch on image AUROC: '+X' = ours with X alone minus ours; "
                               "'A-X' = anomalib minus anomalib without X")
 
 
