@@ -283,20 +283,29 @@ def summarise(runs: list[dict]) -> dict:
             out[key] = float(np.mean(values))
             out[f"{key}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     out["per_seed_image_auroc"] = [r["image_auroc"] for r in runs]
-    out["max_patch_on_border_good"] = float(np.mean([r["max_patch_on_border_good"] for r in runs]))
+    border = [r["max_patch_on_border_good"] for r in runs if "max_patch_on_border_good" in r]  # older runs lack it
+    if border:
+        out["max_patch_on_border_good"] = float(np.mean(border))
     return out
 
 
 def report(paths: list[Path]) -> int:
-    """Tables of saved runs; rows of later files are added to (or replace) those of earlier ones."""
-    merged: dict = {"products": {}}
+    """Tables of saved runs, merged: each row's runs are pooled by coreset seed over the files (same seed: one run)."""
+    pooled: dict = {}  # product -> row -> {"switches", "by_seed": {seed: run}}
     for path in paths:
         document = json.loads(Path(path).read_text())
         for product, results in document["products"].items():
-            merged["products"].setdefault(product, {}).update(results)
+            for row, r in results.items():
+                entry = pooled.setdefault(product, {}).setdefault(row, {"switches": r["switches"], "by_seed": {}})
+                entry["by_seed"].update(zip(document["seeds"], r["runs"]))
+    merged = {"products": {product: {row: {"switches": e["switches"], **summarise(list(e["by_seed"].values())),
+                                           "seeds": sorted(e["by_seed"])}
+                                     for row, e in rows_.items()}
+                           for product, rows_ in pooled.items()}}
     for product, results in merged["products"].items():
         print(product_table(product, results) + "\n")
     print(effects_table(merged))
+    print("\n(rows pool every seed found for them; rows with different seed sets are compared as they are)")
     return 0
 
 
