@@ -11,10 +11,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from index_store import store
-from index_store.build import BuildOptions, build_index
-from imaging.decode import list_images
-from demo.sample import write_sample
-from model.config import PatchCoreConfig
+from reliability.common import demo_indexes
 from service.app import create_app
 from service.settings import Settings
 
@@ -49,15 +46,9 @@ def _clean_env():
 
 @pytest.fixture(scope="session")
 def index_root(tmp_path_factory) -> Path:
+    """root/indexes/{disc, disc-b}: two tiny products; root/samples/{disc, disc-b}: their synthetic pictures."""
     root = tmp_path_factory.mktemp("service")
-    products = {
-        "disc": (dict(seed=0, size=128), PatchCoreConfig(image_size=128, coreset_ratio=0.1)),
-        "disc-b": (dict(seed=1, size=96), PatchCoreConfig(image_size=96, layers=("features.3", "features.6"), coreset_ratio=0.1)),
-    }
-    for name, (sample_args, config) in products.items():
-        sample = write_sample(root / "samples" / name, n_train=12, n_test_good=2, n_test_defect=2, **sample_args)
-        result = build_index(list_images(sample), config, BuildOptions(name=f"{name}-product", progress=False))
-        store.save(root / "indexes" / name, result.index, result.metadata)
+    demo_indexes(root)
     return root
 
 
