@@ -6,7 +6,7 @@ coverage and fuzzing phases. reliability/st_hooks.py puts real pictures into the
 ?index=, so the cases reach predictions. It runs once without an API key and once with one (then schemathesis
 also checks that requests without the key are refused). Prints a table and writes reliability/results/fuzz_api.json.
 
-    python -m reliability.fuzz_api                       # the full run: >= 1,000 cases
+    python -m reliability.fuzz_api                       # the full run: >= 1,000 cases (250 per operation)
     python -m reliability.fuzz_api --max-examples 15     # about 250 cases (the CI profile: tests/service/test_fuzz_api.py)
 
 Exit code 0 when schemathesis found nothing and no answer was a 5xx.
@@ -136,7 +136,7 @@ def print_table(runs: list[FuzzRun]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--max-examples", type=int, default=120, help="schemathesis cases per operation and phase")
+    p.add_argument("--max-examples", type=int, default=250, help="schemathesis fuzzing cases per operation")
     p.add_argument("--seed", type=int, default=15)
     p.add_argument("--workdir", type=Path, help="indexes, pictures and logs (default: a temporary folder)")
     p.add_argument("--no-key-run", action="store_true", help="skip the run with an API key")
