@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -82,7 +83,9 @@ def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata) 
         try:
             faiss.write_index(index, str(tmp / INDEX_FILE))
         except RuntimeError as exc:  # FAISS reports a failed write (ENOSPC, EIO) as RuntimeError
-            raise OSError(f"FAISS could not write {tmp / INDEX_FILE}: {str(exc).splitlines()[-1]}") from exc
+            reason = re.search(r"\(([^()]+)\)\s*$", str(exc))  # its message ends with "(No space left on device)"
+            raise OSError(f"{reason.group(1) if reason else str(exc).splitlines()[-1]}, "
+                          f"writing {tmp / INDEX_FILE}") from exc
         fsync_file(tmp / INDEX_FILE)
         metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE))
         (tmp / METADATA_FILE).write_text(metadata.to_json() + "\n")

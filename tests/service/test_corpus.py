@@ -49,6 +49,16 @@ def test_every_entry_gets_a_clear_4xx_or_the_right_answer(corpus_server, disc_bu
         assert (body["image_height"], body["image_width"]) == entry.pixels.shape[:2]
 
 
+def test_the_table_in_the_docs_matches_the_corpus():
+    """docs/reliability.md lists every entry with the answer the test above demands."""
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / "docs" / "reliability.md").read_text().splitlines()
+    for e in ENTRIES:
+        rows = [line for line in lines if line.startswith(f"| {e.name} |")]
+        assert len(rows) == 1 and f"| {e.status} |" in rows[0], (e.name, rows)
+
+
 def test_a_batch_mixing_good_and_bad_files_names_the_bad_one(corpus_server):
     by_name = {e.name: e for e in ENTRIES}
     good, bad = by_name["wrong-extension"], by_name["size-1x1"]

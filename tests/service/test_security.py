@@ -4,12 +4,9 @@ without Content-Length."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import shutil
-import socket
-import threading
 
 import httpx
 import pytest
@@ -18,7 +15,7 @@ from fastapi.testclient import TestClient
 from reliability.common import demo_server
 from service import deps
 from service.app import create_app
-from tests.service.conftest import MIB, make_settings
+from tests.service.conftest import MIB, chunked_post, make_settings
 from tests.service.test_errors import GOOD
 from tests.service.test_server import live_server
 
@@ -117,45 +114,13 @@ def test_links_leading_outside_the_index_folder_are_not_served(indexes_dir, tmp_
     assert any("outside" in r.getMessage() and "escape" in r.getMessage() for r in caplog.records)
 
 
-def _chunked_post(url: str, path: str, total: int) -> tuple[bytes, int]:
-    """POST a chunked multipart body of `total` bytes with no Content-Length; returns (reply, bytes sent)."""
-    port = int(url.rsplit(":", 1)[1])
-    chunk, reply, sent = b"\0" * (64 * 1024), bytearray(), 0
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        reader = threading.Thread(target=lambda: _read_into(s, reply), daemon=True)
-        reader.start()
-        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                "Content-Type: multipart/form-data; boundary=zzz\r\n\r\n").encode()
-        part = b'--zzz\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
-        try:
-            s.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
-            while sent < total and not reply:
-                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
-        except OSError:  # the server answered and closed
-            pass
-        reader.join(30 if not reply else 1)
-        with contextlib.suppress(OSError):  # the server may have closed already (413 closes)
-            s.shutdown(socket.SHUT_RDWR)  # wakes the reader on a kept-alive connection
-        reader.join(5)
-    return bytes(reply), sent
-
-
-def _read_into(s: socket.socket, reply: bytearray) -> None:
-    try:
-        while data := s.recv(65536):
-            reply.extend(data)
-    except OSError:
-        pass
-
-
 @pytest.mark.parametrize("path, answer", [("/predict/batch", b"413"), ("/predict", b"413"), ("/healthz", b"405"),
                                            ("/nowhere", b"404")])
 def test_upload_limits_hold_for_chunked_bodies(disc_dir, path, answer):
     """No Content-Length: the upload routes answer 413 once their limit has passed; the others answer without
     reading the body at all. Either way the server stops long before 64 MiB (loopback buffers hold a few MiB)."""
     with live_server(create_app(make_settings(disc_dir, warmup=False))) as url:
-        reply, sent = _chunked_post(url, path, 64 * MIB)
+        reply, sent = chunked_post(url, path, 64 * MIB)
     assert reply.startswith(b"HTTP/1.1 " + answer), reply[:200]
     assert sent < 16 * MIB, sent
     if answer == b"413":
