@@ -14,6 +14,9 @@ from PIL import Image
 
 from imaging.decode import ImageDecodeError, decode_image
 
+# Pillow warns about the damaged EXIF and TIFF tags these files are made of; the answers are what is tested.
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning", "ignore:.*EXIF:UserWarning",
+                                        "ignore:Tag data larger than file:UserWarning")
 RGB = np.random.default_rng(3).integers(0, 255, (24, 40, 3), dtype=np.uint8)
 
 
