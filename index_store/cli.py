@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        config, paths, options = _check(args)  # bad options and an empty folder fail before anything is written
         with WriterLock(args.out) as lock:  # refuses now, not after the build: another writer, a read-only folder
-            metadata = _build_and_save(args, lock)
+            if args.out.exists() and not args.force:
+                raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
+            log.info("building %s from %d images under %s", options.name, len(paths), args.data)
+            result = build_index(paths, config, options, root=args.data)
+            metadata = store.save(args.out, result.index, result.metadata, force=args.force, lock=lock)
     except (PatchCoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -109,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build_and_save(args: argparse.Namespace, lock: WriterLock):
-    if args.out.exists() and not args.force:
-        raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
+def _check(args: argparse.Namespace) -> tuple[PatchCoreConfig, list[Path], BuildOptions]:
     config = config_from_args(args)
     configure_threads(args.threads)
     paths = list_images(args.data)
@@ -123,9 +126,7 @@ def _build_and_save(args: argparse.Namespace, lock: WriterLock):
         holdout_fraction=args.holdout_fraction, calibration_paths=calibration, target_fpr=args.target_fpr,
         strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
     )
-    log.info("building %s from %d images under %s", options.name, len(paths), args.data)
-    result = build_index(paths, config, options, root=args.data)
-    return store.save(args.out, result.index, result.metadata, force=args.force, lock=lock)
+    return config, paths, options
 
 
 if __name__ == "__main__":
