@@ -7,7 +7,7 @@ coverage and fuzzing phases. reliability/st_hooks.py puts real pictures into the
 also checks that requests without the key are refused). Prints a table and writes reliability/results/fuzz_api.json.
 
     python -m reliability.fuzz_api                       # the full run: >= 1,000 cases (250 per operation)
-    python -m reliability.fuzz_api --max-examples 15     # about 250 cases (the CI profile: tests/service/test_fuzz_api.py)
+    python -m reliability.fuzz_api --max-examples 15     # about 250 cases: the CI profile (test_fuzz_api.py)
 
 Exit code 0 when schemathesis found nothing and no answer was a 5xx.
 """
@@ -79,7 +79,8 @@ def run_schemathesis(url: str, workdir: Path, label: str, max_examples: int, see
     env = dict(os.environ, SCHEMATHESIS_HOOKS="reliability.st_hooks", PYTHONPATH=str(REPO),
                PATCHCORE_FUZZ_IMAGES=str(workdir / "pictures"), PATCHCORE_FUZZ_INDEXES=",".join(names),
                PATCHCORE_FUZZ_LOG=str(log))
-    cmd = [str(Path(sys.executable).with_name("st")), "--config-file", str(REPO / "reliability" / "schemathesis.toml"), "run", f"{url}/openapi.json", "--checks", "all",
+    cmd = [str(Path(sys.executable).with_name("st")), "--config-file", str(REPO / "reliability" / "schemathesis.toml"),
+           "run", f"{url}/openapi.json", "--checks", "all",
            "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1", "--no-color",
            "--generation-database", "none", "--phases", "examples,coverage,fuzzing", "--request-timeout", "60",
            "--max-failures", "20"]

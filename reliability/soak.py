@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 from PIL import Image
 
 from reliability.common import demo_indexes, demo_server, percentile, rss_bytes, save_result, server_errors
@@ -68,9 +67,9 @@ def requests_for(samples: Path) -> list[Ask]:
             pic = pictures[(i + j) % len(pictures)].resize((w, h), Image.Resampling.BILINEAR)
             heatmap = "png" if w <= 640 and j == 0 else "none"
             index = "disc" if (i + j) % 3 else "disc-b"
+            upload = ("file", (f"p{i}.{fmt.lower()}", _encoded(pic, fmt), f"image/{fmt.lower()}"))
             asks.append(Ask(f"{w}x{h}.{fmt.lower()} {index} heatmap={heatmap}", "/predict",
-                            {"index": index, "heatmap": heatmap},
-                            [("file", (f"p{i}.{fmt.lower()}", _encoded(pic, fmt), f"image/{fmt.lower()}"))], 200, "good"))
+                            {"index": index, "heatmap": heatmap}, [upload], 200, "good"))
     batch = [("files", (f"b{k}.png", _encoded(pictures[k % len(pictures)], "PNG"), "image/png")) for k in range(3)]
     asks.append(Ask("batch of 3, heatmap=png", "/predict/batch", {"index": "disc", "heatmap": "png"}, batch, 200,
                     "batch"))

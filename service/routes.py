@@ -75,7 +75,8 @@ async def readyz(registry: RegistryDep) -> Ready:
 
 @metrics_router.get(
     "/metrics", response_class=Response, summary="Prometheus text format",
-    responses={200: {"description": "Prometheus text format 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    responses={200: {"description": "Prometheus text format 0.0.4",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}},
                401: {"model": ErrorBody}},  # JSON, like every error: only the 200 is text
 )
 async def metrics(m: MetricsDep) -> PlainTextResponse:
@@ -120,7 +121,8 @@ async def predict(
 @api.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS, tags=["predict"],
           summary="score several images in one backbone pass")
 async def predict_batch(
-    request: Request, files: Annotated[list[UploadFile], File(description="PNG, JPEG, BMP or TIFF files", min_length=1)],
+    request: Request,
+    files: Annotated[list[UploadFile], File(description="PNG, JPEG, BMP or TIFF files", min_length=1)],
     registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, m: MetricsDep,
     index: IndexQuery = None, heatmap: HeatmapQuery = None,
 ) -> Response:

@@ -86,6 +86,7 @@ def test_no_python_repr_in_messages_and_every_pillow_error_is_a_decode_error(cap
 
 def test_only_png_jpeg_bmp_and_tiff_are_opened():
     img = Image.fromarray(RGB)
-    for fmt, words in (("GIF", "a GIF image"), ("WEBP", "a WebP image"), ("PPM", "a PPM image"), ("ICO", "an ICO icon")):
+    refused = (("GIF", "a GIF image"), ("WEBP", "a WebP image"), ("PPM", "a PPM image"), ("ICO", "an ICO icon"))
+    for fmt, words in refused:
         with pytest.raises(ImageDecodeError, match=words):
             decode_image(encode(img, fmt))

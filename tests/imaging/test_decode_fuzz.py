@@ -48,7 +48,8 @@ def mutated(draw) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True,
+          database=None)
 @given(mutated())
 def test_damaged_files_decode_or_fail_cleanly(data):
     try:

@@ -59,7 +59,8 @@ def png_chunk(kind: bytes, data: bytes, crc: int | None = None) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width x height and holds almost nothing: a decompression bomb's header."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + idat + png_chunk(b"IEND", b"")
 
 
 def with_png_chunk(png: bytes, chunk: bytes) -> bytes:
@@ -192,8 +193,8 @@ def _not_images(rgb: np.ndarray) -> list[Entry]:
         Entry("zero-bytes", "0 bytes", "empty.png", b"", 422, "empty"),
         Entry("text", "plain text", "notes.png", b"these are not the pixels you are looking for\n" * 20, 422,
               "not a supported image"),
-        Entry("html", "an HTML page", "page.png", b"<!DOCTYPE html>\n<html><body><h1>502 Bad Gateway</h1></body></html>\n",
-              422, "HTML"),
+        Entry("html", "an HTML page", "page.png",
+              b"<!DOCTYPE html>\n<html><body><h1>502 Bad Gateway</h1></body></html>\n", 422, "HTML"),
         Entry("svg", "an SVG drawing", "drawing.svg", svg, 422, "SVG"),
         Entry("gif-animated", "animated GIF, 3 frames", "anim.gif", gif.getvalue(), 422, "GIF"),
         Entry("webp", "WebP picture", "p.webp", encode(frames[0], "WEBP"), 422, "WebP"),
@@ -211,10 +212,10 @@ def _sizes() -> list[Entry]:
         Entry("size-1x10000", "1 x 10,000 pixels", "line.png", encode(Image.fromarray(tall), "PNG"), 422, "too small"),
         Entry("size-4000x3000", "4,000 x 3,000 pixels (12 MP, valid)", "big.png", encode(Image.fromarray(big), "PNG"),
               200, pixels=big),
-        Entry("bomb-png-20000", "PNG header claiming 20,000 x 20,000 (bomb)", "bomb.png", png_header_only(20_000, 20_000),
-              413, "too many pixels"),
-        Entry("bomb-bmp-30000", "BMP header claiming 30,000 x 30,000 (bomb)", "bomb.bmp", bmp_header_only(30_000, 30_000),
-              413, "too many pixels"),
+        Entry("bomb-png-20000", "PNG header claiming 20,000 x 20,000 (bomb)", "bomb.png",
+              png_header_only(20_000, 20_000), 413, "too many pixels"),
+        Entry("bomb-bmp-30000", "BMP header claiming 30,000 x 30,000 (bomb)", "bomb.bmp",
+              bmp_header_only(30_000, 30_000), 413, "too many pixels"),
         Entry("png-zero-width", "PNG header claiming 0 x 64", "zero.png", png_header_only(0, 64), 422,
               "damaged header"),
     ]
@@ -297,7 +298,9 @@ def server_answers(index_dir: Path, log: Path) -> Callable[[Entry], tuple[int, s
     def answer(e: Entry) -> tuple[int, str]:
         r = http.post("/predict", files={"file": (e.filename, e.data, content_type(e))})
         body = r.json()
-        return r.status_code, body.get("detail") or f"score {body['image_score']:.3f}, {body['image_width']}x{body['image_height']}"
+        if r.status_code != 200:
+            return r.status_code, body["detail"]
+        return r.status_code, f"score {body['image_score']:.3f}, {body['image_width']}x{body['image_height']}"
 
     return answer
 
