@@ -2,13 +2,17 @@
 
 One decoder for the builder and the server, so both see identical pixels: EXIF orientation applied, every PIL
 mode (L, LA, P, RGBA, CMYK, 16-bit, float) mapped to 8-bit RGB, and a pixel cap checked from the header before
-anything is decoded (decompression bombs).
+anything is decoded (decompression bombs). Only PNG, JPEG, BMP and TIFF are opened (imaging/formats.py); animations
+and multi-page files are refused rather than silently cut to their first frame, and PNG chunk CRCs are checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import struct
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,9 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from model.errors import InputError
+from imaging.formats import READABLE, READ_FORMATS, describe, png_damage
+from model.errors import InputError, without_reprs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# What Pillow raises for damaged files. Anything else it raises (a TypeError "Missing dimensions" from a TIFF
+# without its size tags, found by tests/imaging/test_decode_fuzz.py) is still a 422, and is logged.
+_DAMAGE = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
@@ -41,10 +50,12 @@ def list_images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _to_rgb8(img: Image.Image) -> np.ndarray:
+def _to_rgb8(img: Image.Image, name: str) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        if not np.isfinite(arr).all():
+            raise ImageDecodeError(f"{name} holds NaN or infinite values; send a picture with finite pixel values")
+        top = _full_scale(img.mode, arr)
         gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -54,33 +65,65 @@ def _to_rgb8(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
 
 
+def _full_scale(mode: str, arr: np.ndarray) -> float:
+    """The value that means white: 65535 for 16-bit data, 1.0 for float data in [0, 1], else 255 (or 65535 when
+    the values go past 255)."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    low, high = float(arr.min(initial=0)), float(arr.max(initial=0))
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return 1.0
+    return 65535.0 if high > 255 else 255.0
+
+
+def _open(data: bytes, max_pixels: int | None, name: str) -> Image.Image:
+    """Open (header only) and check format, frame count, integrity and the pixel cap; nothing is decoded yet."""
+    img = Image.open(io.BytesIO(data), formats=READ_FORMATS)
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"{name} has too many pixels: {width}x{height} = {width * height}, over the limit of {max_pixels}; "
+            "downscale it before sending, or raise the pixel limit"
+        )
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1 and img.format != "MPO":  # MPO: a camera JPEG with extra pictures; the first is the photo
+        raise ImageDecodeError(
+            f"{name} holds {frames} frames (an animation or a multi-page file); send one still picture per file"
+        )
+    damage = png_damage(data) if img.format == "PNG" else None
+    if damage:
+        raise ImageDecodeError(f"{name} could not be decoded, it is truncated or corrupt ({damage})")
+    return img
+
+
 def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Image file bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied."""
+    """Image file bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied.
+
+    Raises ImageDecodeError with a message for people (never a Python repr), ImageTooLargeError past the cap.
+    """
     if not data:
         raise ImageDecodeError(f"{name} is empty (0 bytes)")
     try:
         # The cap is checked from the header, before decoding. (No warnings.catch_warnings here: it is not
         # thread-safe, and PIL's own DecompressionBombError still guards max_pixels=None.)
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"{name} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}; "
-                "downscale it before sending, or raise the pixel limit"
-            )
+        img = _open(data, max_pixels, name)
         img.load()
         img = ImageOps.exif_transpose(img)
-        return _to_rgb8(img)
+        return _to_rgb8(img, name)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"{name} has too many pixels ({exc}); downscale it before sending") from exc
+        raise ImageTooLargeError(
+            f"{name} has too many pixels to decode safely ({without_reprs(str(exc))}); downscale it before sending"
+        ) from exc
     except UnidentifiedImageError as exc:
-        # (PIL's own message names an internal buffer object: of no use to whoever sent the file)
-        raise ImageDecodeError(f"{name} is not a supported image (its format was not recognised); "
-                               "send PNG, JPEG, BMP or TIFF") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageDecodeError(f"{name} could not be decoded, it may be truncated or corrupt ({exc})") from exc
+        raise ImageDecodeError(f"{name} is {describe(data)}, not a supported image; send {READABLE}") from exc
+    except Exception as exc:  # noqa: BLE001  untrusted bytes: a damaged file must never become a 500
+        if not isinstance(exc, _DAMAGE):  # Pillow raised something unusual: keep it visible to developers
+            log.warning("unexpected %s while decoding %s", type(exc).__name__, name, exc_info=True)
+        raise ImageDecodeError(
+            f"{name} could not be decoded, it is truncated or corrupt ({without_reprs(str(exc), 'the file')})"
+        ) from exc
 
 
 def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from index_store import store
+from index_store.atomic import WriterLock
 from index_store.build import BuildOptions, build_index
 from imaging.decode import list_images
 from index_store.runtime import configure_threads
@@ -105,23 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        if args.out.exists() and not args.force:
-            raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
-        config = config_from_args(args)
-        configure_threads(args.threads)
-        paths = list_images(args.data)
-        if not paths:
-            raise store.IndexStoreError(f"no PNG/JPEG/BMP/TIFF images found under {args.data}; check the path")
-        calibration = tuple(list_images(args.calibration_data)) if args.calibration_data else ()
-        options = BuildOptions(
-            name=args.name or args.out.name, device=args.device, batch_size=args.batch_size,
-            calibration_images=args.calibration_images, calibration_paths=calibration, target_fpr=args.target_fpr,
-            threshold_rule=args.threshold_rule,
-            strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
-        )
-        log.info("building %s from %d images under %s", options.name, len(paths), args.data)
-        result = build_index(paths, config, options, root=args.data)
-        metadata = store.save_result(args.out, result, force=args.force)
+        config, paths, options = _check(args)  # bad options and an empty folder fail before anything is written
+        with WriterLock(args.out) as lock:  # refuses now, not after the build: another writer, a read-only folder
+            if args.out.exists() and not args.force:
+                raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
+            log.info("building %s from %d images under %s", options.name, len(paths), args.data)
+            result = build_index(paths, config, options, root=args.data)
+            metadata = store.save_result(args.out, result, force=args.force, lock=lock)
     except (PatchCoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -134,6 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in summary.items()))
     return 0
+
+
+def _check(args: argparse.Namespace) -> tuple[PatchCoreConfig, list[Path], BuildOptions]:
+    config = config_from_args(args)
+    configure_threads(args.threads)
+    paths = list_images(args.data)
+    if not paths:
+        raise store.IndexStoreError(f"no PNG/JPEG/BMP/TIFF images found under {args.data}; check the path")
+    calibration = tuple(list_images(args.calibration_data)) if args.calibration_data else ()
+    options = BuildOptions(
+        name=args.name or args.out.name, device=args.device, batch_size=args.batch_size,
+        calibration_images=args.calibration_images, calibration_paths=calibration, target_fpr=args.target_fpr,
+        threshold_rule=args.threshold_rule, strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
+    )
+    return config, paths, options
 
 
 if __name__ == "__main__":

@@ -2,18 +2,23 @@
 DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle) and DIR/images.tsv (one
 "relative path<TAB>sha256" line per bank image, its line number being its id). No pickle anywhere.
 
-Saving is atomic: everything is written into a temporary sibling folder, which then replaces DIR with os.replace,
-so a crashed build never leaves a half-written index, and an old index stays intact until the new one is complete.
+Saving is atomic: everything is written into a temporary sibling folder (.DIR.tmp-*), which is then swapped with
+DIR in one step (renameat2 RENAME_EXCHANGE), so a build killed at any point never leaves a half-written index, and an
+old index stays whole until the new one replaces it. One writer per folder (an fcntl lock, .DIR.lock); the next
+writer removes what a killed one left behind. The server never writes here and skips dot folders.
 Loading checks the schema version, the sha256 of index.faiss, its dimension and vector count, and says how to fix
 each problem.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ import faiss
 import numpy as np
 import torch
 
+from index_store.atomic import WriterLock, exchange, fsync_dir, fsync_file
 from index_store.metadata import IndexMetadata, MetadataError
 from index_store.weights import sha256_file  # weights.py stays standalone: the Docker build runs it alone
 from model import knn
@@ -37,6 +43,8 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
 BANK_IDS_FILE = "bank_image_ids.npy"
 IMAGES_FILE = "images.tsv"
+TMP, OLD = "tmp", "old"  # sibling folders .NAME.tmp-* (being written) and .NAME.old-* (fallback swap)
+log = logging.getLogger(__name__)
 
 
 class IndexStoreError(PatchCoreError):
@@ -52,59 +60,124 @@ class IndexBundle:
     detector: Detector
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False, *,
-         bank_image_ids: np.ndarray | None = None, images: Sequence[tuple[str, str]] | None = None) -> IndexMetadata:
+def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False,
+         lock: WriterLock | None = None, *, bank_image_ids: np.ndarray | None = None,
+         images: Sequence[tuple[str, str]] | None = None) -> IndexMetadata:
     """Write the index, its sidecars (when given) and its metadata atomically; returns the metadata as written
-    (with the sha256 of every file)."""
+    (with the sha256 of the index and of every sidecar).
+
+    Holds the writer lock of out_dir (or the caller's ``lock``, taken before a long build), removes what killed
+    writers left behind, writes a temporary sibling and swaps it in. Killed at any instant, it leaves out_dir
+    either the whole old index or the whole new one.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
     if index.ntotal != metadata.bank_size or index.d != metadata.embedding_dim:
         raise IndexStoreError(f"index ({index.ntotal} x {index.d}) does not match its metadata; this is a bug")
     if bank_image_ids is not None and len(bank_image_ids) != index.ntotal:
         raise IndexStoreError(f"{len(bank_image_ids)} bank image ids for {index.ntotal} vectors; this is a bug")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    if lock is not None and (not lock.held or lock.out_dir != out_dir.parent.resolve() / out_dir.name):
+        raise IndexStoreError(f"the writer lock given is not held for {out_dir}; this is a bug")
     try:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
+        with contextlib.nullcontext(lock) if lock is not None else WriterLock(out_dir):
+            clean_stale(out_dir)
+            if out_dir.exists() and not force:
+                raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
+            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images)
+    except OSError as exc:
+        raise IndexStoreError(
+            f"cannot write {out_dir} ({exc.strerror or exc}); free some space, fix the folder's permissions or "
+            "choose another --out (an existing index there is unchanged)"
+        ) from exc
+
+
+def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, bank_image_ids: np.ndarray | None,
+                    images: Sequence[tuple[str, str]] | None) -> IndexMetadata:
+    tmp = out_dir.parent / f"{_prefix(out_dir, TMP)}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # mode from the umask (tempfile.mkdtemp's 0700 would hide the index from a server's other user)
+    try:
+        try:
+            faiss.write_index(index, str(tmp / INDEX_FILE))
+        except RuntimeError as exc:  # FAISS reports a failed write (ENOSPC, EIO) as RuntimeError
+            reason = re.search(r"\(([^()]+)\)\s*$", str(exc))  # its message ends with "(No space left on device)"
+            raise OSError(f"{reason.group(1) if reason else str(exc).splitlines()[-1]}, "
+                          f"writing {tmp / INDEX_FILE}") from exc
+        fsync_file(tmp / INDEX_FILE)
         sidecars = {}
         if bank_image_ids is not None:
             np.save(tmp / BANK_IDS_FILE, np.ascontiguousarray(bank_image_ids, dtype=np.int32), allow_pickle=False)
+            sidecars[BANK_IDS_FILE] = sha256_file(tmp / BANK_IDS_FILE)
         if images is not None:
             (tmp / IMAGES_FILE).write_text("".join(f"{path}\t{digest}\n" for path, digest in images))
-        for name in (INDEX_FILE, BANK_IDS_FILE, IMAGES_FILE):
-            if (tmp / name).exists():
-                _fsync_file(tmp / name)
-                if name != INDEX_FILE:
-                    sidecars[name] = sha256_file(tmp / name)
+            sidecars[IMAGES_FILE] = sha256_file(tmp / IMAGES_FILE)
+        for name in sidecars:
+            fsync_file(tmp / name)
         metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE), sidecars=sidecars)
         (tmp / METADATA_FILE).write_text(metadata.to_json() + "\n")
-        _fsync_file(tmp / METADATA_FILE)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fsync_file(tmp / METADATA_FILE)
+        fsync_dir(tmp)
+        _publish(tmp, out_dir)
+    finally:
+        remove_tree(tmp)  # the new index's leftovers on failure, or the old index after a swap
+    fsync_dir(out_dir.parent)
     return metadata
 
 
-def save_result(out_dir: Path, result: BuildResult, force: bool = False) -> IndexMetadata:
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Make tmp the index at out_dir; afterwards tmp holds the old index (or nothing)."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+    elif not exchange(tmp, out_dir):  # no atomic swap here: two renames, recovered by clean_stale if cut between
+        backup = out_dir.parent / f"{_prefix(out_dir, OLD)}{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(out_dir, backup)
+        os.replace(tmp, out_dir)
+        os.replace(backup, tmp)
+
+
+def _prefix(out_dir: Path, kind: str) -> str:
+    return f".{out_dir.name}.{kind}-"
+
+
+def clean_stale(out_dir: Path) -> list[Path]:
+    """Remove the temporary folders of writers that died (call with the writer lock held); returns them.
+
+    If the two-rename fallback was cut between its renames, out_dir is missing and its old index waits in a
+    ``.NAME.old-*`` folder: that one is moved back first, never deleted.
+    """
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return []
+    stale = sorted(p for p in parent.iterdir()
+                   if p.name.startswith((_prefix(out_dir, TMP), _prefix(out_dir, OLD))))
+    for path in stale:
+        if not out_dir.exists() and path.name.startswith(_prefix(out_dir, OLD)) and (path / METADATA_FILE).is_file():
+            os.replace(path, out_dir)
+            log.warning("restored %s from %s, left by an interrupted save", out_dir, path.name)
+        else:
+            remove_tree(path)
+            log.warning("removed %s, left by an interrupted save", path)
+    return stale
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def save_result(out_dir: Path, result: BuildResult, force: bool = False,
+                lock: WriterLock | None = None) -> IndexMetadata:
     """Save what build_index returned: index, metadata and both sidecars."""
-    return save(out_dir, result.index, result.metadata, force, bank_image_ids=result.bank_image_ids,
+    return save(out_dir, result.index, result.metadata, force, lock, bank_image_ids=result.bank_image_ids,
                 images=result.images)
 
 
 def write_metadata(index_dir: Path, metadata: IndexMetadata) -> None:
     """Replace metadata.json of an existing index folder atomically (e.g. a new threshold); the rest is unchanged."""
     index_dir = Path(index_dir)
-    tmp = index_dir / f".{METADATA_FILE}.tmp"
-    tmp.write_text(metadata.to_json() + "\n")
-    _fsync_file(tmp)
-    os.replace(tmp, index_dir / METADATA_FILE)
+    with WriterLock(index_dir):
+        tmp = index_dir / f".{METADATA_FILE}.tmp-{os.getpid()}"
+        tmp.write_text(metadata.to_json() + "\n")
+        fsync_file(tmp)
+        os.replace(tmp, index_dir / METADATA_FILE)
+        fsync_dir(index_dir)
 
 
 def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
@@ -124,20 +197,16 @@ def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
     return ids
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, backup / out_dir.name)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
 
 
 def read_metadata(index_dir: Path) -> IndexMetadata:
     index_dir = Path(index_dir)
     path = index_dir / METADATA_FILE
     if not index_dir.is_dir():
+        left = sorted(index_dir.parent.glob(f"{_prefix(index_dir, OLD)}*/{METADATA_FILE}"))
+        if left:  # the two-rename fallback of save() was cut between its renames
+            raise IndexStoreError(f"index folder {index_dir} is missing, but an interrupted save left the previous "
+                                  f"index in {left[0].parent}; run patchcore-build-index again (it restores it first)")
         raise IndexStoreError(f"index folder {index_dir} does not exist; build one with patchcore-build-index --out")
     if not path.is_file():
         raise IndexStoreError(f"{path} is missing; {index_dir} is not an index folder (rebuild with patchcore-build-index)")

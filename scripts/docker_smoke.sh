@@ -3,11 +3,11 @@
 #   1. Docker engine (installs docker.io and starts dockerd if none answers: scripts/start_dockerd.sh),
 #   2. base image (debootstrap, scripts/docker_base_image.sh) when BASE_IMAGE is the local one and absent,
 #   3. docker build,
-#   4. offline checks in the image (--network none): torch/torchvision/faiss import, pretrained MobileNetV2 loads
-#      from the baked cache, patchcore-fetch-weights --check,
+#   4. offline checks in the image (--network none): it runs as a non-root user, torch/torchvision/faiss import,
+#      pretrained MobileNetV2 loads from the baked cache, patchcore-fetch-weights --check,
 #   5. builds a bottle index inside the container (--network none) from MVTec AD, into a host temp folder,
-#   6. runs the server (--network host, free port), waits for /readyz, posts a broken and a good test image and
-#      checks is_anomalous (true, then false), waits for the HEALTHCHECK to report healthy.
+#   6. runs the server (--network host, free port), checks that its process is not root, waits for /readyz, posts
+#      a broken and a good test image and checks is_anomalous (true, then false), waits for the HEALTHCHECK.
 # Exits non-zero on any failure; always removes its container and temp folder.
 #
 #   scripts/docker_smoke.sh                        # everything
@@ -119,6 +119,10 @@ docker image inspect "$IMAGE" >/dev/null 2>&1 || fail "no image $IMAGE"
 
 # ---- 4. offline checks inside the image -------------------------------------------------------------------------
 t0=$(now)
+user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")
+uid=$(docker run --rm --network none "$IMAGE" id -u) || fail "docker run id -u"
+[[ -n "$user" && "$user" != root && "$user" != 0 && "$uid" != 0 ]] || fail "the image runs as root (USER '$user', uid $uid)"
+log "the image runs as user '$user' (uid $uid), not root"
 docker run --rm --network none "$IMAGE" sh -c '
     set -e
     id
@@ -157,6 +161,9 @@ t0=$(now)
 docker run -d --name "$CONTAINER" --network host -e "PATCHCORE_PORT=$PORT" -v "$TMP_DIR:/indexes:ro" "$IMAGE" \
     patchcore-serve --host 127.0.0.1 --port "$PORT" --index-dir /indexes >/dev/null || fail "docker run server"
 log "server container $CONTAINER on $BASE_URL"
+server_uid=$(docker exec "$CONTAINER" awk '/^Uid:/ { print $2 }' /proc/1/status) || fail "docker exec (server uid)"
+[[ -n "$server_uid" && "$server_uid" != 0 ]] || fail "the server process runs as root (uid '$server_uid')"
+log "the server process runs as uid $server_uid"
 ready=0
 for _ in $(seq 1 "$READY_TIMEOUT"); do
     if [[ "$(docker container inspect -f '{{.State.Running}}' "$CONTAINER" 2>/dev/null)" != true ]]; then

@@ -16,18 +16,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from index_store import package_version
 from index_store.runtime import configure_threads
 from model.errors import PatchCoreError
+from service import routes
+from service.deps import require_api_key
 from service.errors import ServiceError, install_error_handlers
 from service.indexes import IndexRegistry
 from service.logs import configure_logging
 from service.metrics import ServiceMetrics
 from service.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from service.openapi import install_docs
 from service.page import install_page
-from service.routes import router
 from service.runner import InferenceRunner
 from service.settings import Settings
 
@@ -107,20 +109,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """A new app for these settings; indexes load when its lifespan starts."""
+    """A new app for these settings; indexes load when its lifespan starts.
+
+    With PATCHCORE_API_KEY set, every route but the probes (/healthz, /readyz) needs header X-API-Key: /metrics
+    and the docs too, unless PATCHCORE_PUBLIC_METRICS / PATCHCORE_PUBLIC_DOCS open them. Without a key, no route
+    declares the header, so /openapi.json never asks clients for a key the server does not check.
+    """
     app = FastAPI(
         title="PatchCore anomaly detection",
         version=package_version(),
         description="Scores pictures of parts against memory-bank indexes built by patchcore-build-index.",
-        lifespan=lifespan,
+        lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,  # served by install_docs
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
     app.state.registry = IndexRegistry()
     app.state.runner = None
     install_error_handlers(app)
-    app.include_router(router)
-    install_page(app)  # GET / and /static/*
+    keyed = [Depends(require_api_key)] if settings.api_key is not None else []
+    app.include_router(routes.probes)
+    app.include_router(routes.metrics_router, dependencies=[] if settings.public_metrics else keyed)
+    app.include_router(routes.api, dependencies=keyed)
+    install_docs(app, settings, [] if settings.public_docs else keyed)
+    install_page(app)  # GET / and /static/*: public, the page asks for the key itself
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))
     known = frozenset(getattr(r, "path", "") for r in app.routes)
     app.add_middleware(RequestLogMiddleware, metrics=app.state.metrics, known_paths=known)  # outermost: sees 413s

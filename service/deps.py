@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import secrets
+import hashlib
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -48,8 +49,13 @@ def require_api_key(
         return
     if key is None:
         raise AuthError("missing API key: send it in the X-API-Key header")
-    if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+    if not keys_match(key, expected.get_secret_value()):
         raise AuthError("wrong API key (header X-API-Key)")
+
+
+def keys_match(given: str, expected: str) -> bool:
+    """Constant time, length included: both sides are hashed to 32 bytes before hmac.compare_digest."""
+    return hmac.compare_digest(hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest())
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

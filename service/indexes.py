@@ -1,7 +1,9 @@
 """The indexes this server holds: found on disk, loaded once (one detector each), warmed up, looked up by name.
 
 PATCHCORE_INDEX_DIR is either one index folder (it holds metadata.json) or a folder of index folders, one per
-product. An index is named after its folder. Folders starting with "." (the store's temporary folders) are skipped.
+product. An index is named after its folder. Folders starting with "." (the store's temporary folders) are skipped,
+and so are symbolic links that lead outside the index folder: every index served lives under PATCHCORE_INDEX_DIR.
+Requests name an index only by a key of this table (?index=NAME), never by a path, so no request can reach a file.
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ def discover(index_dir: Path) -> dict[str, Path]:
     if (index_dir / store.METADATA_FILE).exists() or (index_dir / store.INDEX_FILE).exists():
         return {index_dir.resolve().name: index_dir}
     found = {}
+    root = index_dir.resolve()
     for sub in sorted(p for p in index_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if (sub / store.METADATA_FILE).exists() or (sub / store.INDEX_FILE).exists():
+        if not sub.resolve().is_relative_to(root):
+            log.warning("skipping %s: a link to %s, outside %s; move the index inside the folder (or point "
+                        "--index-dir at it)", sub, sub.resolve(), index_dir)
+        elif (sub / store.METADATA_FILE).exists() or (sub / store.INDEX_FILE).exists():
             found[sub.name] = sub
         else:
             log.warning("skipping %s: not an index folder (no %s)", sub, store.METADATA_FILE)

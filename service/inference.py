@@ -16,6 +16,8 @@ from imaging import render
 from imaging.decode import decode_image
 from index_store.store import IndexBundle
 from model.detector import ImageScore
+from model.errors import InputError
+from model.features import check_image
 from model.calibration import normalise
 from service.schemas import BatchPrediction, Prediction, Timings
 from service.settings import HeatmapMode
@@ -80,7 +82,11 @@ def predict_batch(name: str, bundle: IndexBundle, uploads: Sequence[Upload], mod
     for i, upload in enumerate(uploads):
         t0 = time.perf_counter()
         label = repr(upload.filename) if upload.filename else f"file #{i + 1}"
-        images.append(decode_image(upload.data, max_pixels, name=label))
+        image = decode_image(upload.data, max_pixels, name=label)
+        try:
+            images.append(check_image(image))
+        except InputError as exc:  # name the file: in a batch, "image of 1x1 pixels" alone does not say which
+            raise InputError(f"{label}: {exc}") from exc
         decode_ms.append(_ms(t0, time.perf_counter()))
     scores = bundle.detector.score_batch(images)
     results = [

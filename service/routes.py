@@ -1,21 +1,29 @@
-"""Thin HTTP handlers. Uploads are read here; decoding and inference run on the inference workers."""
+"""Thin HTTP handlers. Uploads are read here; decoding and inference run on the inference workers.
+
+Three routers, so that the app factory decides which ones need the API key (service/app.py):
+    probes    /healthz, /readyz                     always open (the orchestrator has no key)
+    metrics   /metrics                              behind the key when one is set, unless PATCHCORE_PUBLIC_METRICS
+    api       /indexes, /predict, /predict/batch    behind the key when one is set
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
 from service import inference
-from service.deps import MetricsDep, RegistryDep, RunnerDep, SettingsDep, require_api_key
+from service.deps import MetricsDep, RegistryDep, RunnerDep, SettingsDep
 from service.errors import UploadTooLargeError
 from service.metrics import CONTENT_TYPE, ServiceMetrics
 from service.schemas import BatchPrediction, ErrorBody, Health, IndexInfo, Limits, Prediction, Ready
 from service.settings import HeatmapMode
 
-router = APIRouter()
+probes = APIRouter(tags=["probes"])
+metrics_router = APIRouter(tags=["probes"])
+api = APIRouter()
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503)}
 IndexQuery = Annotated[str | None, Query(description="index name (GET /indexes); may be left out when only one")]
 HeatmapQuery = Annotated[HeatmapMode | None, Query(description="default: the server's PATCHCORE_DEFAULT_HEATMAP")]
@@ -54,24 +62,29 @@ def _observe(metrics: ServiceMetrics, name: str, results: list[Prediction]) -> N
         metrics.images.inc(index=name, decision="anomalous" if r.is_anomalous else "normal")
 
 
-@router.get("/healthz", response_model=Health, tags=["probes"], summary="the process is alive")
+@probes.get("/healthz", response_model=Health, summary="the process is alive")
 async def healthz() -> Health:
     return Health(status="alive")
 
 
-@router.get("/readyz", response_model=Ready, responses={503: {"model": ErrorBody}}, tags=["probes"],
+@probes.get("/readyz", response_model=Ready, responses={503: {"model": ErrorBody}},
             summary="200 only when every index is loaded and warmed up")
 async def readyz(registry: RegistryDep) -> Ready:
     return Ready(status="ready", indexes=registry.names)
 
 
-@router.get("/metrics", response_class=PlainTextResponse, tags=["probes"], summary="Prometheus text format")
+@metrics_router.get(
+    "/metrics", response_class=Response, summary="Prometheus text format",
+    responses={200: {"description": "Prometheus text format 0.0.4",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}},
+               401: {"model": ErrorBody}},  # JSON, like every error: only the 200 is text
+)
 async def metrics(m: MetricsDep) -> PlainTextResponse:
     return PlainTextResponse(m.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/indexes", response_model=list[IndexInfo], responses=ERRORS, dependencies=[Depends(require_api_key)],
-            tags=["indexes"], summary="the loaded indexes and how they were built")
+@api.get("/indexes", response_model=list[IndexInfo], responses=ERRORS, tags=["indexes"],
+         summary="the loaded indexes and how they were built")
 async def indexes(registry: RegistryDep) -> list[IndexInfo]:
     out = []
     for name, bundle in registry:
@@ -88,15 +101,14 @@ async def indexes(registry: RegistryDep) -> list[IndexInfo]:
     return out
 
 
-@router.get("/limits", response_model=Limits, tags=["indexes"],
+@probes.get("/limits", response_model=Limits, tags=["indexes"],
             summary="what the server accepts (no key needed: clients read it before asking for one)")
 async def limits(settings: SettingsDep) -> Limits:
     return Limits(max_upload_bytes=settings.max_upload_bytes, max_batch_files=settings.max_batch_files,
                   max_pixels=settings.max_pixels, api_key_required=settings.api_key is not None)
 
 
-@router.post("/predict", response_model=Prediction, responses=ERRORS, dependencies=[Depends(require_api_key)],
-             tags=["predict"], summary="score one image")
+@api.post("/predict", response_model=Prediction, responses=ERRORS, tags=["predict"], summary="score one image")
 async def predict(
     request: Request, file: Annotated[UploadFile, File(description="PNG, JPEG, BMP or TIFF")],
     registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, m: MetricsDep,
@@ -114,11 +126,11 @@ async def predict(
     return response
 
 
-@router.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS,
-             dependencies=[Depends(require_api_key)], tags=["predict"],
-             summary="score several images in one backbone pass")
+@api.post("/predict/batch", response_model=BatchPrediction, responses=ERRORS, tags=["predict"],
+          summary="score several images in one backbone pass")
 async def predict_batch(
-    request: Request, files: Annotated[list[UploadFile], File(description="PNG, JPEG, BMP or TIFF files")],
+    request: Request,
+    files: Annotated[list[UploadFile], File(description="PNG, JPEG, BMP or TIFF files", min_length=1)],
     registry: RegistryDep, runner: RunnerDep, settings: SettingsDep, m: MetricsDep,
     index: IndexQuery = None, heatmap: HeatmapQuery = None,
 ) -> Response:

@@ -41,7 +41,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=64, description="per decoded image (decompression-bomb guard)")
     max_batch_files: int = Field(16, ge=1, description="files per /predict/batch request")
     default_heatmap: HeatmapMode = HeatmapMode.none
-    api_key: SecretStr | None = Field(None, description="when set, /predict* and /indexes need header X-API-Key")
+    api_key: SecretStr | None = Field(None, description="when set, every route but /healthz and /readyz needs header "
+                                      "X-API-Key (compared in constant time, never logged)")
+    public_metrics: bool = Field(False, description="with an API key set, leave /metrics open (a trusted scraper)")
+    public_docs: bool = Field(False, description="with an API key set, leave /docs, /redoc and /openapi.json open")
     warmup: bool = Field(True, description="one dummy prediction per index before reporting ready")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

@@ -68,3 +68,25 @@ def test_list_images_recurses_and_understands_mvtec_roots(tmp_path):
     (tmp_path / "cat" / "test").mkdir()
     (tmp_path / "cat" / "test" / "9.png").write_bytes(b"x")
     assert [p.name for p in list_images(tmp_path / "cat")] == ["0.png"]
+
+
+def test_no_python_repr_in_messages_and_every_pillow_error_is_a_decode_error(caplog):
+    """Two flaws found by the reliability campaign: Pillow's "cannot identify image file <_io.BytesIO object at
+    0x...>" reached users, and a TIFF with a broken second page raised TypeError (a 500 at the server)."""
+    from tests.service.corpus import tiff_with_broken_second_ifd
+
+    for data in (b"GIF89a" + bytes(40), b"\x89PNG\r\n\x1a\n" + bytes(40), b"<html><body>hi</body></html>"):
+        with pytest.raises(ImageDecodeError) as info:
+            decode_image(data, name="'x'")
+        assert "object at 0x" not in str(info.value) and "'x' is " in str(info.value), info.value
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt .Missing dimensions"):
+        decode_image(tiff_with_broken_second_ifd(encode(Image.fromarray(RGB), "TIFF")), name="'x.tif'")
+    assert any("unexpected TypeError" in r.getMessage() for r in caplog.records)  # logged for developers
+
+
+def test_only_png_jpeg_bmp_and_tiff_are_opened():
+    img = Image.fromarray(RGB)
+    refused = (("GIF", "a GIF image"), ("WEBP", "a WebP image"), ("PPM", "a PPM image"), ("ICO", "an ICO icon"))
+    for fmt, words in refused:
+        with pytest.raises(ImageDecodeError, match=words):
+            decode_image(encode(img, fmt))

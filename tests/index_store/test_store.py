@@ -99,10 +99,10 @@ def test_save_is_atomic_and_keeps_the_old_index_when_it_fails(index_dir, tmp_pat
         raise OSError("disk full")
 
     monkeypatch.setattr(store.faiss, "write_index", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(store.IndexStoreError, match=r"cannot write .*idx \(disk full\).*unchanged"):
         store.save(out, index, metadata, force=True)
     assert (out / "index.faiss").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".idx.lock", "idx"]  # no temp folder left behind
     monkeypatch.undo()
     written = store.save(out, index, dataclasses.replace(metadata, name="renamed"), force=True)
     assert store.read_metadata(out).name == "renamed" == written.name

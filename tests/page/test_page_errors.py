@@ -32,7 +32,7 @@ def test_a_text_file_shows_the_422_message(inspection, disc_files):
     expect(card.locator(".name")).to_have_text("notes.txt")
     expect(card.locator(".error-title")).to_have_text("Not a picture the server can read (HTTP 422)")
     detail = card.locator(".error-detail").inner_text()
-    assert "'notes.txt' is not a supported image" in detail and "send PNG, JPEG, BMP or TIFF" in detail
+    assert "'notes.txt' is text, not a supported image" in detail and "send PNG, JPEG, BMP or TIFF" in detail
     assert "0x" not in detail and "_io." not in detail  # no Python object reprs
     expect(inspection.page.locator("#results tbody tr td.error-text")).to_contain_text("HTTP 422")
     inspection.send(payload("good.png", disc_files["good/000.png"]))  # the page still works
@@ -63,7 +63,7 @@ def test_a_picture_over_the_pixel_cap_shows_the_servers_413(inspection):
     inspection.wait_rows(1)
     card = _error_card(inspection, 1)
     expect(card.locator(".error-title")).to_have_text("Too large for the server (HTTP 413)")
-    expect(card.locator(".error-detail")).to_contain_text("2100x2100 = 4410000 pixels, over the limit of 4000000")
+    expect(card.locator(".error-detail")).to_contain_text("2100x2100 = 4410000, over the limit of 4000000")
     expect(card.locator(".error-hint")).to_contain_text("4.0 megapixels")
 
 

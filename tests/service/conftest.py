@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from index_store import store
-from index_store.build import BuildOptions, build_index
-from imaging.decode import list_images
-from demo.sample import write_sample
-from model.config import PatchCoreConfig
+from reliability.common import demo_indexes
 from service.app import create_app
 from service.settings import Settings
 
@@ -49,15 +49,9 @@ def _clean_env():
 
 @pytest.fixture(scope="session")
 def index_root(tmp_path_factory) -> Path:
+    """root/indexes/{disc, disc-b}: two tiny products; root/samples/{disc, disc-b}: their synthetic pictures."""
     root = tmp_path_factory.mktemp("service")
-    products = {
-        "disc": (dict(seed=0, size=128), PatchCoreConfig(image_size=128, coreset_ratio=0.1)),
-        "disc-b": (dict(seed=1, size=96), PatchCoreConfig(image_size=96, layers=("features.3", "features.6"), coreset_ratio=0.1)),
-    }
-    for name, (sample_args, config) in products.items():
-        sample = write_sample(root / "samples" / name, n_train=12, n_test_good=2, n_test_defect=2, **sample_args)
-        result = build_index(list_images(sample), config, BuildOptions(name=f"{name}-product", progress=False))
-        store.save_result(root / "indexes" / name, result)
+    demo_indexes(root)
     return root
 
 
@@ -94,3 +88,36 @@ def test_images(index_root) -> dict[str, bytes]:
     """name -> PNG bytes of the disc sample's test images (2 good, 2 scratch, 2 spot)."""
     root = index_root / "samples" / "disc" / "test"
     return {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(root.glob("*/*.png"))}
+
+
+def chunked_post(url: str, path: str, total: int, field: str = "files") -> tuple[bytes, int]:
+    """POST a chunked multipart body of `total` bytes with no Content-Length over a raw socket, until the server
+    answers; returns (its reply, the bytes sent)."""
+    port = int(url.rsplit(":", 1)[1])
+    chunk, reply, sent = b"\0" * (64 * 1024), bytearray(), 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        reader = threading.Thread(target=lambda: _read_into(s, reply), daemon=True)
+        reader.start()
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                "Content-Type: multipart/form-data; boundary=zzz\r\n\r\n").encode()
+        part = f'--zzz\r\nContent-Disposition: form-data; name="{field}"; filename="x.png"\r\n\r\n'.encode()
+        try:
+            s.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+            while sent < total and not reply:
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+        except OSError:  # the server answered and closed
+            pass
+        reader.join(30 if not reply else 1)
+        with contextlib.suppress(OSError):  # the server may have closed already (413 closes)
+            s.shutdown(socket.SHUT_RDWR)  # wakes the reader on a kept-alive connection
+        reader.join(5)
+    return bytes(reply), sent
+
+
+def _read_into(s: socket.socket, reply: bytearray) -> None:
+    try:
+        while data := s.recv(65536):
+            reply.extend(data)
+    except OSError:
+        pass

@@ -113,9 +113,9 @@ def test_api_key(disc_dir):
         ok = {"X-API-Key": "s3cret"}
         assert c.post("/predict", files={"file": ("g.png", GOOD)}, headers=ok).status_code == 200
         assert c.get("/indexes", headers=ok).json()[0]["name"] == "disc"
-        # Probes stay open for the orchestrator.
+        # Probes stay open for the orchestrator; /metrics needs the key (see test_security.py for the settings).
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
-        assert c.get("/metrics").status_code == 200
+        assert c.get("/metrics").status_code == 401 and c.get("/metrics", headers=ok).status_code == 200
 
 
 def test_not_ready_before_the_lifespan_has_loaded(disc_dir):

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from index_store.store import INDEX_FILE, IndexStoreError
 from service.app import create_app
 from tests.live import live_server
-from tests.service.conftest import make_settings
+from tests.service.conftest import chunked_post, make_settings
 from tests.service.test_predict import _png_array
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,31 +70,8 @@ def test_concurrent_requests_get_their_own_answers(server_url, test_images):
 
 def test_streamed_upload_is_refused_before_it_is_all_sent(server_url):
     """Chunked body, no Content-Length: the server answers 413 once 1 MiB has arrived, without reading 32 MiB."""
-    port = int(server_url.rsplit(":", 1)[1])
-    total, chunk = 32 * 1024 * 1024, b"\0" * (64 * 1024)
-    reply, sent = bytearray(), 0
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        def read() -> None:
-            try:
-                while data := s.recv(65536):
-                    reply.extend(data)
-            except OSError:
-                pass
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                b"Content-Type: multipart/form-data; boundary=zzz\r\n\r\n")
-        part = b'--zzz\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
-        try:
-            s.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
-            while sent < total and not reply:
-                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                sent += len(chunk)
-        except OSError:  # the server closed the connection after answering
-            pass
-        reader.join(30)
+    total = 32 * 1024 * 1024
+    reply, sent = chunked_post(server_url, "/predict", total, field="file")
     assert sent < total / 4, sent
     assert reply.startswith(b"HTTP/1.1 413"), bytes(reply[:200])
     assert b"over the limit" in reply
