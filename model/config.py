@@ -14,6 +14,7 @@ from typing import Any
 from model.errors import ConfigError
 
 INDEX_KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
+PATCH_PADDINGS = ("zeros", "exclude")
 AGGREGATIONS = ("concat", "pool")
 DEFAULT_EMBEDDING_DIM = 128
 
@@ -60,8 +61,12 @@ class PatchCoreConfig:
     # (None: no crop, the whole picture is inspected). The paper uses 256 -> 224.
     image_size: int = 256
     crop_size: int | None = None
-    # Local neighbourhood aggregation f_agg (paper eq. 2): patch_size x patch_size average.
+    # Local neighbourhood aggregation f_agg (paper eq. 2): patch_size x patch_size average. At the feature map's
+    # border, "zeros" averages over the zero padding too (as anomalib and the official code do: border cells are
+    # damped, which keeps the picture's edge from dominating the image score); "exclude" averages the cells that
+    # exist only.
     patch_size: int = 3
+    patch_padding: str = "zeros"
     # "concat": channels of all layers side by side. "pool": each layer adaptively pooled to embedding_dim, then
     # the layers side by side pooled to embedding_dim (the official code's pre-projection): equal layer weights.
     aggregation: str = "pool"
@@ -94,6 +99,8 @@ class PatchCoreConfig:
             )
         if self.patch_size < 1 or self.patch_size % 2 == 0:
             raise ConfigError(f"patch_size must be an odd number >= 1, got {self.patch_size}")
+        if self.patch_padding not in PATCH_PADDINGS:
+            raise ConfigError(f"unknown patch_padding {self.patch_padding!r}; choose one of {', '.join(PATCH_PADDINGS)}")
         if self.aggregation not in AGGREGATIONS:
             raise ConfigError(f"unknown aggregation {self.aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
         if self.aggregation == "pool" and self.embedding_dim is None:

@@ -51,19 +51,22 @@ def preprocess(images: Sequence[np.ndarray], config: PatchCoreConfig) -> torch.T
 
 
 def aggregate(
-    feature_maps: Sequence[torch.Tensor], patch_size: int, aggregation: str, embedding_dim: int | None
+    feature_maps: Sequence[torch.Tensor], patch_size: int, aggregation: str, embedding_dim: int | None,
+    patch_padding: str = "zeros",
 ) -> torch.Tensor:
     """Layer outputs [(B, C_l, h_l, w_l)] -> (B, h_0, w_0, D) patch embeddings.
 
-    Each cell is averaged with its patch_size x patch_size neighbourhood (padding cells are not counted), deeper
-    layers are bilinearly resized to the first layer's grid, then combined.
+    Each cell is averaged with its patch_size x patch_size neighbourhood (patch_padding "zeros": the zero padding
+    beyond the border counts, "exclude": it does not), deeper layers are bilinearly resized to the first layer's
+    grid, then combined.
     """
     h, w = feature_maps[0].shape[-2:]
     parts = []
     for fmap in feature_maps:
         fmap = fmap.float()
         if patch_size > 1:
-            fmap = F.avg_pool2d(fmap, patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)
+            fmap = F.avg_pool2d(fmap, patch_size, stride=1, padding=patch_size // 2,
+                                count_include_pad=patch_padding == "zeros")
         if fmap.shape[-2:] != (h, w):
             fmap = F.interpolate(fmap, size=(h, w), mode="bilinear", align_corners=False)
         parts.append(fmap.permute(0, 2, 3, 1))  # (B, C, h, w) -> (B, h, w, C)
@@ -98,7 +101,8 @@ class PatchEmbedder:
         """(B, 3, S, S) normalised -> (B, h, w, D) float32 numpy."""
         outputs = self.extractor(batch.to(self.device, memory_format=torch.channels_last, non_blocking=True))
         maps = [outputs[layer] for layer in self.config.layers]
-        emb = aggregate(maps, self.config.patch_size, self.config.aggregation, self.config.embedding_dim)
+        emb = aggregate(maps, self.config.patch_size, self.config.aggregation, self.config.embedding_dim,
+                        self.config.patch_padding)
         return emb.cpu().numpy()
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:

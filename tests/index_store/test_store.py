@@ -130,3 +130,36 @@ def test_approximate_indexes_are_trained_saved_and_reloaded_exactly(sample_dir, 
     fresh = Detector(config, loaded.detector.embedder, result.index, result.metadata.calibration)
     for a, b in zip(loaded.detector.score_batch(images), fresh.score_batch(images)):
         np.testing.assert_array_equal(a.patch_scores, b.patch_scores)
+
+
+def test_version_1_metadata_still_loads_with_its_old_meaning(index_dir, tmp_path):
+    import json
+    import shutil
+
+    from index_store.metadata import IndexMetadata
+
+    data = json.loads((index_dir / store.METADATA_FILE).read_text())
+    data["schema_version"] = 1
+    for key in ("rule", "achievable_fpr", "method", "scores", "images"):
+        data["calibration"].pop(key)
+    data["config"].pop("patch_padding")
+    data.pop("sidecars")
+    old = IndexMetadata.from_json(json.dumps(data))
+    assert old.schema_version == 2 and old.config.patch_padding == "exclude"  # what version 1 computed
+    assert old.calibration.rule == "student_t" and old.calibration.method == "holdout" and old.calibration.scores == ()
+    copy = tmp_path / "v1"
+    shutil.copytree(index_dir, copy)
+    (copy / store.METADATA_FILE).write_text(json.dumps(data))
+    assert store.load(copy).metadata.calibration.threshold == old.calibration.threshold
+
+
+def test_a_corrupt_sidecar_is_refused(index_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "c"
+    shutil.copytree(index_dir, copy)
+    ids = store.read_bank_image_ids(copy, store.read_metadata(copy))
+    assert ids.dtype == np.int32
+    (copy / store.BANK_IDS_FILE).write_bytes((copy / store.BANK_IDS_FILE).read_bytes()[:-4])
+    with pytest.raises(store.IndexStoreError, match="bank_image_ids.npy is missing or corrupt"):
+        store.load(copy)

@@ -8,20 +8,23 @@ from model.features import aggregate, crop_offset, preprocess, resize_crop
 
 
 def test_aggregation_matches_a_hand_computed_case():
-    # One 3x3 single-channel map; 3x3 neighbourhood average counting only cells inside the map.
+    # One 3x3 single-channel map; 3x3 neighbourhood average counting only cells inside the map ("exclude"), or the
+    # zero padding too ("zeros": every average is over 9 cells).
     x = torch.arange(9, dtype=torch.float32).reshape(1, 1, 3, 3)  # [[0,1,2],[3,4,5],[6,7,8]]
-    out = aggregate([x], patch_size=3, aggregation="concat", embedding_dim=None)
-    expected = np.array([[(0 + 1 + 3 + 4) / 4, (0 + 1 + 2 + 3 + 4 + 5) / 6, (1 + 2 + 4 + 5) / 4],
-                         [(0 + 1 + 3 + 4 + 6 + 7) / 6, 4.0, (1 + 2 + 4 + 5 + 7 + 8) / 6],
-                         [(3 + 4 + 6 + 7) / 4, (3 + 4 + 5 + 6 + 7 + 8) / 6, (4 + 5 + 7 + 8) / 4]])
-    assert out.shape == (1, 3, 3, 1)
-    np.testing.assert_allclose(out[0, :, :, 0].numpy(), expected, rtol=1e-6)
+    sums = np.array([[0 + 1 + 3 + 4, 0 + 1 + 2 + 3 + 4 + 5, 1 + 2 + 4 + 5],
+                     [0 + 1 + 3 + 4 + 6 + 7, 36, 1 + 2 + 4 + 5 + 7 + 8],
+                     [3 + 4 + 6 + 7, 3 + 4 + 5 + 6 + 7 + 8, 4 + 5 + 7 + 8]], dtype=float)
+    cells = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]], dtype=float)
+    for padding, expected in (("exclude", sums / cells), ("zeros", sums / 9)):
+        out = aggregate([x], patch_size=3, aggregation="concat", embedding_dim=None, patch_padding=padding)
+        assert out.shape == (1, 3, 3, 1)
+        np.testing.assert_allclose(out[0, :, :, 0].numpy(), expected, rtol=1e-6)
 
 
 def test_deeper_layer_is_resized_to_the_first_grid_and_concatenated():
     shallow = torch.ones(2, 4, 8, 8)
     deep = torch.full((2, 6, 4, 4), 3.0)
-    out = aggregate([shallow, deep], patch_size=3, aggregation="concat", embedding_dim=None)
+    out = aggregate([shallow, deep], patch_size=3, aggregation="concat", embedding_dim=None, patch_padding="exclude")
     assert out.shape == (2, 8, 8, 10)
     np.testing.assert_allclose(out[..., :4].numpy(), 1.0)
     np.testing.assert_allclose(out[..., 4:].numpy(), 3.0, rtol=1e-6)  # constant map stays constant
