@@ -57,10 +57,12 @@ class Features:
     aggregation: str = "pool"
     embedding_dim: int | None = None
     aspect: str = "squash"
+    padding: str = "zeros"
 
     def config(self, **model: object) -> PatchCoreConfig:
         return PatchCoreConfig(layers=self.layers, image_size=self.image_size, crop_size=self.crop_size,
-                               aggregation=self.aggregation, embedding_dim=self.embedding_dim, **model)
+                               aggregation=self.aggregation, embedding_dim=self.embedding_dim,
+                               patch_padding=self.padding, **model)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True, default=str).encode()).hexdigest()[:16]

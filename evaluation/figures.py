@@ -41,7 +41,8 @@ def figure_name(sample: Sample) -> str:
     return f"{sample.defect_type}_{sample.image_path.stem}.png"
 
 
-def compose(image: np.ndarray, mask: np.ndarray, normalised_map: np.ndarray, title: str) -> np.ndarray:
+def compose(image: np.ndarray, mask: np.ndarray, normalised_map: np.ndarray, title: str,
+            mask_label: str = PANEL_LABELS[1]) -> np.ndarray:
     """(h, w, 3) uint8 image, (h, w) bool mask, (h, w) map in [0, 1] -> (2*STRIP + h, 3*w + 2*GAP, 3) uint8."""
     h, w = mask.shape
     if image.shape[:2] != (h, w) or normalised_map.shape != (h, w):
@@ -51,7 +52,7 @@ def compose(image: np.ndarray, mask: np.ndarray, normalised_map: np.ndarray, tit
     canvas = Image.new("RGB", (3 * w + 2 * GAP, 2 * STRIP + h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     draw.text((2, 1), title, fill=(0, 0, 0))
-    for i, (panel, label) in enumerate(zip(panels, PANEL_LABELS)):
+    for i, (panel, label) in enumerate(zip(panels, (PANEL_LABELS[0], mask_label, PANEL_LABELS[2]))):
         left = i * (w + GAP)
         canvas.paste(Image.fromarray(panel), (left, 2 * STRIP))
         draw.text((left + 2, STRIP + 1), label, fill=(64, 64, 64))
@@ -70,7 +71,9 @@ def write_figures(run: CategoryRun, calibration: Calibration, out_dir: Path) -> 
         verdict = "ANOMALOUS" if scored.is_anomalous else "normal"
         title = (f"{scored.sample.defect_type}/{scored.sample.image_path.name}  score {scored.image_score:.3f}  "
                  f"normalised {scored.normalised_score:.2f}  {verdict}")
-        figure = compose(image, run.masks[i], normalise(run.maps[i], calibration), title)
+        has_mask = scored.sample.mask_path is not None or scored.sample.label == 0
+        figure = compose(image, run.masks[i], normalise(run.maps[i], calibration), title,
+                         PANEL_LABELS[1] if has_mask else "no mask (image label only)")
         path = out_dir / figure_name(scored.sample)
         path.write_bytes(render.png_bytes(figure))
         written.append(path)

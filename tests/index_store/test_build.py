@@ -146,3 +146,23 @@ def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(
     r_single = coverage_radius(both(bank(single)), np.arange(single.index.ntotal))
     r_chunked = coverage_radius(both(bank(chunked)), np.arange(chunked.index.ntotal))
     assert r_chunked <= 1.10 * r_single
+
+
+def test_patchcore_calibrate_rechooses_the_threshold_without_a_rebuild(index_dir, tmp_path, capsys):
+    from index_store import calibrate as calibrate_cli
+    from model.calibration import recalibrate
+
+    copy = tmp_path / "idx"
+    shutil.copytree(index_dir, copy)
+    before = store.read_metadata(copy)
+    assert calibrate_cli.main([str(copy)]) == 0  # show only
+    assert "most atypical good images" in capsys.readouterr().out
+    assert store.read_metadata(copy) == before
+    assert calibrate_cli.main([str(copy), "--target-fpr", "0.2"]) == 0
+    after = store.read_metadata(copy)
+    assert after.calibration == recalibrate(before.calibration, 0.2)
+    assert after.calibration.threshold < before.calibration.threshold
+    assert store.load(copy).detector.calibration.threshold == after.calibration.threshold  # still a valid index
+    assert calibrate_cli.main([str(copy), "--threshold-rule", "conformal"]) == 0
+    assert store.read_metadata(copy).calibration.rule == "conformal"
+    assert calibrate_cli.main([str(tmp_path / "nothing")]) == 1
