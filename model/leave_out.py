@@ -27,6 +27,7 @@ from model import knn, scoring
 from model.errors import ConfigError
 
 EXACT_ASSIGNMENT_MAX_BANK = 4096  # above: nearest bank vectors from an IVF-Flat search (a miss only overstates)
+NEIGHBOURS = 8  # bank neighbours kept per training patch
 
 
 class LeaveOneOut:
@@ -46,9 +47,25 @@ class LeaveOneOut:
         if self.row_owners.size != rows.shape[0] or np.any(np.diff(self.row_owners) < 0):
             raise ConfigError(f"need one owner per row ({rows.shape[0]} rows, {self.row_owners.size} owners), "
                               "grouped image by image")
-        # Every row's nearest bank vector (N,), and the coverage radius of the whole bank, squared.
-        self.nearest_sq, self.nearest = nearest_bank_vectors(index, self.bank, rows, seed)
-        self.radius_sq = float(self.nearest_sq.max())
+        # Every row's NEIGHBOURS nearest bank vectors (N, K), searched once: the nearest one that a left-out image
+        # does not own is almost always among them. The coverage radius of the whole bank, squared.
+        self.knn_sq, self.knn_ids = nearest_bank_vectors(index, self.bank, rows, seed, k=min(NEIGHBOURS, index.ntotal))
+        self.nearest = self.knn_ids[:, 0]
+        self.radius_sq = float(self.knn_sq[:, 0].max())
+
+    def nearest_foreign(self, rows: np.ndarray, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distance, id) of the nearest bank vector to each of rows (r,) that excluded (r,) does not own:
+        from the stored neighbour lists, and a search of the bank for the rows whose list holds none."""
+        ids = self.knn_ids[rows]  # (r, K)
+        foreign = (ids >= 0) & (self.bank_owners[np.maximum(ids, 0)] != excluded[:, None])
+        first = np.argmax(foreign, axis=1)  # first foreign column (0 where there is none: fixed below)
+        sq = self.knn_sq[rows, first].astype(np.float32)
+        out = ids[np.arange(ids.shape[0]), first].astype(np.int64)
+        missing = np.flatnonzero(~foreign.any(axis=1))
+        if missing.size:
+            s, i = knn.search_excluding(self.index, self.rows[rows[missing]], excluded[missing], self.bank_owners, k=1)
+            sq[missing], out[missing] = s[:, 0], i[:, 0]
+        return sq, out
 
     def rows_of(self, image_id: int) -> slice:
         lo, hi = np.searchsorted(self.row_owners, [image_id, image_id + 1])
@@ -61,8 +78,7 @@ class LeaveOneOut:
         cand = np.flatnonzero(np.isin(hole_of, image_ids) & (hole_of != self.row_owners))
         cand = cand[np.argsort(hole_of[cand], kind="stable")]  # grouped by hole owner
         # (c,) distance of each candidate to the bank without its hole owner's vectors
-        cand_sq, _ = knn.search_excluding(self.index, self.rows[cand], hole_of[cand], self.bank_owners, k=1)
-        cand_sq = cand_sq[:, 0].astype(np.float64)
+        cand_sq = self.nearest_foreign(cand, hole_of[cand])[0].astype(np.float64)
         n_own = np.bincount(self.bank_owners, minlength=int(image_ids.max(initial=0)) + 1)
         out = {}
         for image_id in image_ids:
@@ -72,18 +88,16 @@ class LeaveOneOut:
         return out
 
     def neighbours(self, queries: np.ndarray, image_id: int, refill: np.ndarray, k: int = 1,
-                   known: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Each query's k nearest vectors in (bank minus image_id's vectors) + refill:
-        (squared distances (n, k) float64, vectors (n, k, D) float32). `known` = (sq, ids) of each query's nearest
-        bank vector (k = 1 only): queries whose nearest is not image_id's own need no new search."""
+        (squared distances (n, k) float64, vectors (n, k, D) float32). With `rows` (k = 1 only), the queries are
+        those training rows, and their stored neighbour lists spare the search."""
         queries = knn.as_f32(queries)
         n = queries.shape[0]
-        if known is not None and k == 1:
-            sq, ids = known[0][:, None].astype(np.float32), known[1][:, None].copy()
-            redo = np.flatnonzero(self.bank_owners[ids[:, 0]] == image_id)
-            if redo.size:
-                sq[redo], ids[redo] = knn.search_excluding(self.index, queries[redo], np.full(redo.size, image_id),
-                                                           self.bank_owners, k=1)
+        if rows is not None and k == 1:
+            idx = np.arange(rows.start, rows.stop)
+            sq, ids = self.nearest_foreign(idx, np.full(idx.size, image_id))
+            sq, ids = sq[:, None], ids[:, None]
         else:
             sq, ids = knn.search_excluding(self.index, queries, np.full(n, image_id), self.bank_owners, k=k)
         vectors = self.bank[np.maximum(ids, 0)]  # (n, k, D)
@@ -100,8 +114,7 @@ class LeaveOneOut:
         reweight_neighbors neighbours when that is set."""
         rows = self.rows_of(image_id)
         patches = self.rows[rows]  # (h*w, D)
-        sq, nearest = self.neighbours(patches, image_id, refill, k=1,
-                                      known=(self.nearest_sq[rows], self.nearest[rows]))
+        sq, nearest = self.neighbours(patches, image_id, refill, k=1, rows=rows)
         scores = np.sqrt(np.maximum(sq[:, 0], 0.0))
         worst = int(np.argmax(scores))
         s_star = float(scores[worst])
@@ -117,9 +130,9 @@ class LeaveOneOut:
         return np.array([self.image_score(int(i), fills[int(i)], reweight_neighbors) for i in image_ids])
 
 
-def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray, seed: int, nprobe: int = 16,
-                         batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) rows -> (squared distance (N,) float32, id (N,) int64) of each row's nearest bank vector.
+def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray, seed: int, k: int = 1,
+                         nprobe: int = 16, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) rows -> (squared distances (N, k) float32, ids (N, k) int32) of each row's k nearest bank vectors.
 
     Exact up to EXACT_ASSIGNMENT_MAX_BANK bank vectors; beyond, from a temporary IVF-Flat over the bank, whose
     distance is exact to the vector it finds (a missed nearest one can only overstate the distance)."""
@@ -132,11 +145,10 @@ def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray,
         search_index.train(bank)
         search_index.add(bank)
         search_index.nprobe = nprobe
-    sq = np.empty(rows.shape[0], np.float32)
-    ids = np.empty(rows.shape[0], np.int64)
+    sq = np.empty((rows.shape[0], k), np.float32)
+    ids = np.empty((rows.shape[0], k), np.int32)
     for lo in range(0, rows.shape[0], batch):
-        s, i = knn.search(search_index, rows[lo: lo + batch], k=1)
-        sq[lo: lo + batch], ids[lo: lo + batch] = s[:, 0], i[:, 0]
+        sq[lo: lo + batch], ids[lo: lo + batch] = knn.search(search_index, rows[lo: lo + batch], k=k)
     return sq, ids
 
 
@@ -155,6 +167,7 @@ def _greedy_refill(points: np.ndarray, dist: np.ndarray, n_max: int, radius_sq: 
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, D), (r, D) -> (n, r) float64 squared distances."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return np.maximum((a64 ** 2).sum(1)[:, None] - 2.0 * a64 @ b64.T + (b64 ** 2).sum(1)[None, :], 0.0)
+    """(n, D), (r, D) -> (n, r) float64 squared distances (float32 products, as FAISS computes them)."""
+    a32, b32 = knn.as_f32(a), knn.as_f32(b)
+    d = (a32 * a32).sum(1)[:, None] - 2.0 * (a32 @ b32.T) + (b32 * b32).sum(1)[None, :]
+    return np.maximum(d, 0.0).astype(np.float64)
