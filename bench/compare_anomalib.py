@@ -57,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=CACHE / "compare_anomalib", help="raw outputs, indexes, logs")
     p.add_argument("--rerun", action="store_true", help="rerun anomalib even where its raw outputs are cached")
     p.add_argument("--side-venv", type=Path, default=SIDE_VENV)
+    p.add_argument("--anomalib-from", type=Path, metavar="JSON",
+                   help="reuse anomalib's side from an earlier run's output (its metrics were computed by the same "
+                        "functions); only ours is rerun. anomalib's side does not depend on our defaults")
     p.add_argument("--out", type=Path, default=RESULTS / "compare_anomalib.json")
     return p.parse_args(argv)
 
@@ -349,11 +352,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    python = ensure_side_venv(args.side_venv)
     theirs = {}
-    for product in args.products:
-        root = args.data / product
-        theirs[product] = anomalib_side(python, root, test_samples(root), args)
+    if args.anomalib_from:
+        earlier = json.loads(args.anomalib_from.read_text())
+        if earlier["settings"]["layers"] != args.layers or earlier["settings"]["coreset_ratio"] != args.coreset_ratio:
+            raise SystemExit(f"{args.anomalib_from} was run with other settings: {earlier['settings']}")
+        theirs = {p: earlier["results"][p]["anomalib"] for p in args.products}
+    else:
+        python = ensure_side_venv(args.side_venv)
+        for product in args.products:
+            root = args.data / product
+            theirs[product] = anomalib_side(python, root, test_samples(root), args)
     ours = our_side(args)
     results = {p: {"ours": ours[p], "anomalib": theirs[p]} for p in args.products}
     for product, r in results.items():
@@ -364,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"layers": args.layers, "coreset_ratio": args.coreset_ratio, "num_neighbors": args.num_neighbors,
                      "seed": args.seed, "eval_size": EVAL_SIZE, "threads": args.threads},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "anomalib_from": str(args.anomalib_from) if args.anomalib_from else None,
         "seconds": round(time.perf_counter() - started, 1),
         "results": results,
     }

@@ -54,7 +54,7 @@ class Features:
     layers: tuple[str, ...] = ("features.6", "features.13")
     image_size: int = 256
     crop_size: int | None = None
-    aggregation: str = "pool"
+    aggregation: str = "concat"
     embedding_dim: int | None = None
     aspect: str = "squash"
     padding: str = "zeros"

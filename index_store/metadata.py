@@ -112,5 +112,5 @@ def migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
     cal.setdefault("achievable_fpr", cal.get("target_fpr", 0.01))
     cal.setdefault("method", "holdout")
     data["calibration"] = cal
-    data["config"] = {"patch_padding": "exclude", **data["config"]}  # what version 1 always did
+    data["config"] = {"patch_padding": "exclude", "aggregation": "pool", **data["config"]}  # version 1's defaults
     return data

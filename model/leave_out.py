@@ -118,12 +118,16 @@ class LeaveOneOut:
         reweight_neighbors neighbours when that is set."""
         rows = self.rows_of(image_id)
         patches = self.rows[rows]  # (h*w, D)
+        if not reweight_neighbors:  # s* only: the distances, without gathering the neighbours
+            idx = np.arange(rows.start, rows.stop)
+            sq = self.nearest_foreign(idx, np.full(idx.size, image_id))[0].astype(np.float64)
+            if refill.shape[0]:
+                sq = np.minimum(sq, _sq_dists(patches, refill).min(axis=1))
+            return float(np.sqrt(max(sq.max(), 0.0)))
         sq, nearest = self.neighbours(patches, image_id, refill, k=1, rows=rows)
         scores = np.sqrt(np.maximum(sq[:, 0], 0.0))
         worst = int(np.argmax(scores))
         s_star = float(scores[worst])
-        if not reweight_neighbors:
-            return s_star
         _, support = self.neighbours(nearest[worst], image_id, refill, k=reweight_neighbors)  # N_b(m*)
         dists = np.linalg.norm(support[0].astype(np.float64) - patches[worst], axis=1)
         return scoring.reweight(s_star, dists[np.isfinite(dists)])

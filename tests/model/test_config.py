@@ -27,8 +27,8 @@ def test_bad_values_raise_with_the_fix(changes, message):
 def test_defaults_are_the_measured_ones():
     c = PatchCoreConfig()
     assert (c.backbone, c.layers, c.image_size, c.crop_size) == ("mobilenet_v2", ("features.6", "features.13"), 256, None)
-    assert (c.aggregation, c.embedding_dim, c.coreset_ratio) == ("pool", 128, 0.01)
-    assert PatchCoreConfig(aggregation="concat").embedding_dim is None
+    assert (c.aggregation, c.embedding_dim, c.coreset_ratio, c.patch_padding) == ("concat", None, 0.01, "zeros")
+    assert PatchCoreConfig(aggregation="pool").embedding_dim == 128
 
 
 def test_unknown_keys_and_index_kinds_are_refused():
