@@ -108,16 +108,10 @@ def run_anomalib(python: Path, root: Path, args: argparse.Namespace, out: Path, 
 
 
 def test_samples(root: Path) -> list:
-    """The category's test samples (evaluation.datasets.Sample); mask_path None where no ground_truth/ exists."""
-    from evaluation.datasets import Sample, _images_in, _subfolders
+    """The category's test samples (evaluation.datasets.Sample, mask_path None where there is no mask), sorted."""
+    from evaluation.datasets import load_mvtec
 
-    samples = []
-    for folder in _subfolders(root / "test"):
-        for image in _images_in(folder):
-            mask = root / "ground_truth" / folder.name / f"{image.stem}_mask.png"
-            label = int(folder.name != "good")
-            samples.append(Sample(image, label, folder.name, mask if label and mask.is_file() else None))
-    return sorted(samples, key=lambda s: s.image_path)
+    return sorted(load_mvtec(root.parent, root.name).test, key=lambda s: s.image_path)
 
 
 def eval_masks(samples: list, shapes: list[tuple[int, int]]) -> list[np.ndarray] | None:
@@ -238,14 +232,14 @@ def run_our_evaluator(data_root: Path, names: list[str], args: argparse.Namespac
 def ours_in_process(root: Path, samples: list, args: argparse.Namespace) -> dict:
     """What patchcore-evaluate does (evaluation.indexes.build + evaluation.runner.score_category), but with
     mask-less test sets allowed; today's evaluator refuses those."""
-    from evaluation.datasets import Category, _images_in
+    from evaluation.datasets import Category, images_in
     from evaluation.indexes import build
     from evaluation.runner import score_category
     from index_store.build import BuildOptions
     from model.config import PatchCoreConfig
 
     config = PatchCoreConfig(layers=tuple(args.layers), coreset_ratio=args.coreset_ratio, seed=args.seed)
-    category = Category(root.name, tuple(_images_in(root / "train" / "good")), tuple(samples))
+    category = Category(root.name, tuple(images_in(root / "train" / "good")), tuple(samples))
     source = build(category, root, config, BuildOptions(name=root.name, progress=False),
                    args.work / "ours" / "in_process" / root.name / "index")
     run = score_category(category, source.bundle.detector, EVAL_SIZE, progress=False)
