@@ -280,8 +280,9 @@ def load_index(index_dir: Path) -> tuple[IndexMetadata, faiss.Index]:
         raise IndexStoreError(f"{path} holds {index.ntotal} vectors, metadata says {metadata.bank_size}; {rebuild}")
     for name, expected in metadata.sidecars.items():
         if not (index_dir / name).is_file() or sha256_file(index_dir / name) != expected:
+            fix = f"re-export it with patchcore-export {index_dir}" if name == EXTRACTOR_FILE else rebuild
             raise IndexStoreError(f"{index_dir / name} is missing or corrupt (sha256 differs from metadata.json); "
-                                  f"{rebuild}")
+                                  f"{fix}")
     knn.configure_search(index, metadata.config.index)
     return metadata, index
 

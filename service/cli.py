@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from model.errors import PatchCoreError
+from index_store.runtime import passive_openmp
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad settings: %s", problems)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    passive_openmp()  # before torch / faiss load (service.app imports them); the workers inherit it
     try:
         return serve(settings)
     except PatchCoreError as exc:
