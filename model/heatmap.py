@@ -6,8 +6,9 @@ without it).
     -> resampled onto the ORIGINAL image's pixel grid, undoing the resize and the centre crop,
        so the map overlays the uploaded picture pixel for pixel.
 
-Both resamplings are separable linear maps, so each is two small matrix products: rows (H x S) @ map @ cols (S x W)^T.
-The matrices reproduce torch's ``F.interpolate(mode="bilinear", align_corners=False)`` and
+Both resamplings are separable 2-tap linear interpolations: each output row (then column) blends two input rows
+(columns), with no matrix product and no BLAS threads (which, busy-waiting after a product, slowed the PNG encode
+that follows). They reproduce torch's ``F.interpolate(mode="bilinear", align_corners=False)`` and
 ``F.grid_sample(mode="bilinear", padding_mode="border", align_corners=False)``, which this module used before
 (tests/model/test_heatmap.py checks them against torch).
 Pixels that the centre crop cut away were never seen; they get the lowest score of the map.
@@ -22,24 +23,30 @@ from model.config import PatchCoreConfig
 from model.preprocess import crop_offset
 
 
-def _linear_weights(src: np.ndarray, n_in: int) -> np.ndarray:
-    """(n_out, n_in) float32 weights of linear interpolation at source coordinates src (pixel centres at i),
-    clamped to the border."""
-    src = np.clip(src, 0.0, n_in - 1)
-    lo = np.floor(src).astype(np.int64)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    out = np.zeros((src.size, n_in), dtype=np.float32)
-    rows = np.arange(src.size)
-    np.add.at(out, (rows, lo), 1.0 - frac)
-    np.add.at(out, (rows, hi), frac)
-    return out
+def _taps(src: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation at source coordinates src (pixel centres at i), clamped to the border:
+    (lower index, upper index, weight of the upper one) per output sample."""
+    src = np.clip(src, 0.0, n_in - 1).astype(np.float32)
+    lo = np.floor(src).astype(np.intp)
+    return lo, np.minimum(lo + 1, n_in - 1), (src - lo).astype(np.float32)
 
 
-def resize_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in): bilinear resize along one axis, align_corners=False (torch's F.interpolate, no antialias)."""
+def _rows(x: np.ndarray, taps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(n_in, W) -> (n_out, W): each output row blends two input rows."""
+    lo, hi, frac = taps
+    return x[lo] * (1.0 - frac)[:, None] + x[hi] * frac[:, None]
+
+
+def _cols(x: np.ndarray, taps: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """(H, n_in) -> (H, n_out): each output column blends two input columns."""
+    lo, hi, frac = taps
+    return x[:, lo] * (1.0 - frac) + x[:, hi] * frac
+
+
+def resize_taps(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bilinear resize along one axis, align_corners=False (torch's F.interpolate, no antialias)."""
     src = (np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out) - 0.5
-    return _linear_weights(np.maximum(src, 0.0), n_in)
+    return _taps(np.maximum(src, 0.0), n_in)
 
 
 def input_map(patch_scores: np.ndarray, config: PatchCoreConfig) -> np.ndarray:
@@ -47,7 +54,7 @@ def input_map(patch_scores: np.ndarray, config: PatchCoreConfig) -> np.ndarray:
     s = config.input_size
     scores = np.asarray(patch_scores, dtype=np.float32)
     h, w = scores.shape
-    up = resize_matrix(s, h) @ scores @ resize_matrix(s, w).T  # (S, h) @ (h, w) @ (w, S)
+    up = _cols(_rows(scores, resize_taps(s, h)), resize_taps(s, w))  # (h, w) -> (S, w) -> (S, S)
     if config.blur_sigma > 0:
         up = gaussian_filter(up, sigma=config.blur_sigma, mode="reflect", truncate=4.0)
     return up
@@ -66,10 +73,9 @@ def to_original(map_s: np.ndarray, image_hw: tuple[int, int], config: PatchCoreC
     crop = config.input_size
     ys, xs = _original_coords(height, config), _original_coords(width, config)
     # grid_sample, align_corners=False: crop pixel coordinate ((x + 1) * S - 1) / 2, border padding = clamping.
-    rows = _linear_weights(((ys + 1.0) * crop - 1.0) / 2.0, crop)  # (H, S)
-    cols = _linear_weights(((xs + 1.0) * crop - 1.0) / 2.0, crop)  # (W, S)
     map_s = np.asarray(map_s, dtype=np.float32)
-    out = (rows @ map_s) @ cols.T  # (H, S) @ (S, S) @ (S, W)
+    out = _cols(_rows(map_s, _taps(((ys + 1.0) * crop - 1.0) / 2.0, crop)),  # (S, S) -> (H, S)
+                _taps(((xs + 1.0) * crop - 1.0) / 2.0, crop))  # -> (H, W)
     if crop < config.image_size:
         outside = (np.abs(ys) > 1.0)[:, None] | (np.abs(xs) > 1.0)[None, :]
         out[outside] = float(map_s.min())
