@@ -60,11 +60,17 @@ def test_bottle_onnx_patch_scores_equal_torch():
     test = [read_image(p)[0] for d in ("good", "broken_large", "contamination")
             for p in sorted((BOTTLE / "test" / d).glob("*.png"))[:2]]
     batch = pixels(test, config)
-    for name, emb in (("torch", torch_x.embed_pixels(batch)), ("onnx", onnx_x.embed_pixels(batch))):
-        sq, _ = knn.search(index, emb.reshape(-1, emb.shape[-1]))
-        scores = np.sqrt(np.maximum(sq[:, 0], 0)).reshape(len(test), -1)
-        if name == "torch":
-            reference = scores
-    for ref, got in zip(reference, scores):
+    t_emb, o_emb = torch_x.embed_pixels(batch), onnx_x.embed_pixels(batch)
+    np.testing.assert_allclose(o_emb, t_emb, rtol=1e-4, atol=1e-5 * float(np.abs(t_emb).max()))
+    # FAISS as the detector uses it: the image scores (the largest patch scores) agree.
+    faiss_scores = [np.sqrt(np.maximum(knn.search(index, e.reshape(-1, e.shape[-1]))[0][:, 0], 0)).reshape(len(test), -1)
+                    for e in (t_emb, o_emb)]
+    np.testing.assert_allclose(faiss_scores[1].max(axis=1), faiss_scores[0].max(axis=1), rtol=1e-5)
+    # Patch scores to the same nearest bank vectors, in float64: what the runtimes change, without FAISS's own
+    # float32 rounding of |x|^2 + |y|^2 - 2 x.y (which alone moves the smallest distances by up to ~1e-3).
+    _, ids = knn.search(index, t_emb.reshape(-1, t_emb.shape[-1]))
+    nearest = bank[ids[:, 0]].astype(np.float64)
+    exact = [np.linalg.norm(e.reshape(-1, e.shape[-1]).astype(np.float64) - nearest, axis=1).reshape(len(test), -1)
+             for e in (t_emb, o_emb)]
+    for ref, got in zip(*exact):
         np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.max()))
-        assert got.max() == pytest.approx(ref.max(), rel=1e-5)

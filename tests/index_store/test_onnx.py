@@ -72,8 +72,11 @@ def test_onnx_scores_equal_torch_scores(exported, images):
     torch_det = store.load(exported, runtime="torch").detector
     onnx_det = store.load(exported, runtime="onnx").detector
     for a, b in zip(torch_det.score_batch(images), onnx_det.score_batch(images)):
+        # Through FAISS, whose float32 |x|^2 + |y|^2 - 2 x.y alone moves the smallest distances by ~1e-4 of the
+        # largest: the runtimes' own difference is checked without it in test_dynamic_batch_and_pixel_types and
+        # tests/test_realdata.py.
         scale = float(a.patch_scores.max())
-        np.testing.assert_allclose(b.patch_scores, a.patch_scores, rtol=1e-4, atol=1e-4 * scale)
+        np.testing.assert_allclose(b.patch_scores, a.patch_scores, rtol=1e-4, atol=5e-4 * scale)
         assert b.image_score == pytest.approx(a.image_score, rel=1e-4)
         assert b.is_anomalous == a.is_anomalous
     maps = [d.predict(images[0]).anomaly_map for d in (torch_det, onnx_det)]
