@@ -1,7 +1,11 @@
-# PatchCore anomaly-detection service: FastAPI server + index builder in one image.
+# PatchCore anomaly-detection service: FastAPI server + index builder in one image (the default, last stage), or
+# the torch-free serving image (target "serve": python + onnxruntime + faiss-cpu + FastAPI + Pillow, no torch).
 #
 #   CPU (default):  docker build -t patchcore:cpu .
 #   GPU (CUDA 13):  docker build --build-arg TORCH_VARIANT=cuda -t patchcore:cuda .      # run with --gpus all
+#   slim serving:   docker build --target serve -t patchcore:serve .
+#                   It serves indexes that hold extractor.onnx (patchcore-build-index writes it in the full image;
+#                   patchcore-export adds it to older indexes) with PATCHCORE_RUNTIME=onnx; it cannot build indexes.
 #
 #   serve a mounted index:  docker run -p 8000:8000 -v $PWD/runs/indexes:/indexes:ro patchcore:cpu
 #   build an index:         docker run --rm -v $PWD/data/bottle:/data:ro -v $PWD/runs/indexes:/indexes \
@@ -63,7 +67,8 @@ RUN set -eu; \
     cp -a /ctx/. /stage/opt/patchcore/src/
 
 # ---------------------------------------------------------------------------------------------------------------
-FROM ${BASE_IMAGE}
+# Stage "system": what both images share: the environment, the health check, python 3.11 in a venv, the user.
+FROM ${BASE_IMAGE} AS system
 
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
@@ -79,6 +84,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     OMP_NUM_THREADS=4 \
     MKL_NUM_THREADS=4 \
     OPENBLAS_NUM_THREADS=4 \
+    OMP_WAIT_POLICY=PASSIVE \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 EXPOSE 8000
@@ -107,6 +113,34 @@ RUN set -eux; \
     chown patchcore:patchcore /indexes
 WORKDIR /home/patchcore
 
+# ---------------------------------------------------------------------------------------------------------------
+# Target "serve": the torch-free serving image. The extractor runs in onnxruntime from the index's extractor.onnx.
+FROM system AS serve
+ENV PATCHCORE_RUNTIME=onnx
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_TRUSTED_HOST
+ARG PIP_EXTRA_ARGS=
+COPY --from=context /stage-deps/pyproject.toml /tmp/deps/pyproject.toml
+COPY --from=context /stage/opt/ /opt/
+RUN set -eux; \
+    pip install $PIP_EXTRA_ARGS --upgrade pip setuptools wheel; \
+    python -c 'import re, tomllib; p = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]; skip = r"(torch|torchvision|scikit-learn|tqdm|onnx)\b"; deps = [d for d in p["dependencies"] if not re.match(skip, d)] + [d for d in p["optional-dependencies"]["onnx"] if d.startswith("onnxruntime")]; print("\n".join(deps))' > /tmp/deps/requirements.txt; \
+    cat /tmp/deps/requirements.txt; \
+    pip install $PIP_EXTRA_ARGS -r /tmp/deps/requirements.txt; \
+    pip install $PIP_EXTRA_ARGS --no-deps --no-build-isolation /opt/patchcore/src; \
+    pip uninstall -y setuptools wheel; \
+    rm -rf /tmp/deps /opt/patchcore/src /root/.cache; \
+    python -c 'import importlib.util, sys; sys.exit("torch is in the serving image" if importlib.util.find_spec("torch") else 0)'; \
+    python -c 'import faiss, onnxruntime, fastapi, uvicorn, service.app, model.onnx_runtime, index_store.store'; \
+    command -v patchcore-serve
+COPY --from=context /stage/indexes/ /indexes/
+RUN chown -R patchcore:patchcore /indexes
+USER patchcore
+
+# ---------------------------------------------------------------------------------------------------------------
+# The full image (default target): the builder, the evaluator and both runtimes.
+FROM system AS full
 # 2. torch + torchvision (the big, rarely changing layer).
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
@@ -145,7 +179,7 @@ RUN set -eux; \
 #    torchvision's cache ($TORCH_HOME/hub/checkpoints) by the project's own fetcher, so nothing downloads at run time.
 COPY --from=context /stage-deps/ /tmp/deps/
 RUN set -eux; \
-    python -c 'import re, tomllib; deps = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not re.match(r"(torch|torchvision)\b", d)))' > /tmp/deps/requirements.txt; \
+    python -c 'import re, tomllib; deps = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]; extra = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["optional-dependencies"]["onnx"]; print("\n".join([d for d in deps if not re.match(r"(torch|torchvision)\b", d)] + extra))' > /tmp/deps/requirements.txt; \
     cat /tmp/deps/requirements.txt; \
     pip install $PIP_EXTRA_ARGS -r /tmp/deps/requirements.txt; \
     python /tmp/deps/index_store/weights.py; \
@@ -158,10 +192,10 @@ RUN set -eux; \
     pip install $PIP_EXTRA_ARGS --no-deps --no-build-isolation /opt/patchcore/src; \
     rm -rf /opt/patchcore/src/build /opt/patchcore/src/*.egg-info; \
     patchcore-fetch-weights --check; \
-    for c in patchcore-build-index patchcore-serve patchcore-evaluate patchcore-demo patchcore-fetch-weights; do \
+    for c in patchcore-build-index patchcore-serve patchcore-evaluate patchcore-demo patchcore-fetch-weights patchcore-export; do \
         command -v "$c"; \
     done; \
-    python -c 'import faiss, torch, torchvision, fastapi, uvicorn, model, imaging, index_store, service, evaluation, demo'; \
+    python -c 'import faiss, torch, torchvision, onnx, onnxruntime, fastapi, uvicorn, model, imaging, index_store, service, evaluation, demo'; \
     chown patchcore:patchcore /indexes
 
 USER patchcore

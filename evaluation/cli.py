@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-size", type=int, default=256, help="longer side of the evaluation grid (pixels)")
     parser.add_argument("--figures", type=int, default=3, help="sample figures per category (0: none)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--runtime", default="auto", choices=("auto", "onnx", "torch"),
+                        help="extractor runtime of a reused --index (default auto: onnx when it has extractor.onnx)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, help="torch, OpenMP, FAISS and BLAS threads (default: all cores)")
     parser.add_argument("--no-progress", action="store_true")
@@ -94,7 +96,8 @@ def evaluate_category(name: str, args: argparse.Namespace, config: PatchCoreConf
     category, root = load(args, name)
     out = args.out / name
     if args.index is not None:
-        source = indexes.reuse(indexes.find_index_dir(args.index, name, n_categories), config, args.device)
+        source = indexes.reuse(indexes.find_index_dir(args.index, name, n_categories), config, args.device,
+                               args.runtime)
     else:
         options = BuildOptions(name=name, device=args.device, batch_size=args.batch_size,
                                calibration_images=args.calibration_images, target_fpr=args.target_fpr,

@@ -53,10 +53,10 @@ def find_index_dir(index_arg: Path, category: str, n_categories: int) -> Path:
                           "Drop --index to build one")
 
 
-def reuse(index_dir: Path, config: PatchCoreConfig, device: str) -> IndexSource:
+def reuse(index_dir: Path, config: PatchCoreConfig, device: str, runtime: str = "auto") -> IndexSource:
     """Load an existing index; model options given on the command line must not contradict its stored config."""
     started = time.perf_counter()
-    bundle = store.load(index_dir, device)
+    bundle = store.load(index_dir, device, runtime=runtime)
     if config != DEFAULT_CONFIG and config != bundle.metadata.config:
         raise EvaluationError(f"the model options given differ from the config stored in {index_dir} "
                               f"({_difference(config, bundle.metadata.config)}); a reused index always runs with "

@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from index_store import store
+from index_store import onnx_export, store
 from index_store.atomic import WriterLock
 from index_store.build import BuildOptions, build_index
 from imaging.decode import list_images
@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-chunk-patches", type=int, default=2_000_000, help="embedding buffer rows")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    parser.add_argument("--no-onnx", action="store_true", help="do not write extractor.onnx (the ONNX extractor, "
+                        "written when onnx and onnxruntime are installed; patchcore-export adds it later)")
     add_model_arguments(parser)
     return parser.parse_args(argv)
 
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
             log.info("building %s from %d images under %s", options.name, len(paths), args.data)
             result = build_index(paths, config, options, root=args.data)
-            metadata = store.save_result(args.out, result, force=args.force, lock=lock)
+            extra = {} if args.no_onnx else onnx_export.sidecar(config)
+            metadata = store.save_result(args.out, result, force=args.force, lock=lock, extra_files=extra)
     except (PatchCoreError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,13 +1,15 @@
 """Save and load a memory bank: DIR/index.faiss (faiss.write_index) + DIR/metadata.json, and the sidecars
 DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle) and DIR/images.tsv (one
-"relative path<TAB>sha256" line per bank image, its line number being its id). No pickle anywhere.
+"relative path<TAB>sha256" line per bank image, its line number being its id), and DIR/extractor.onnx when exported
+(index_store/onnx_export.py). No pickle anywhere.
 
 Saving is atomic: everything is written into a temporary sibling folder (.DIR.tmp-*), which is then swapped with
 DIR in one step (renameat2 RENAME_EXCHANGE), so a build killed at any point never leaves a half-written index, and an
 old index stays whole until the new one replaces it. One writer per folder (an fcntl lock, .DIR.lock); the next
 writer removes what a killed one left behind. The server never writes here and skips dot folders.
 Loading checks the schema version, the sha256 of index.faiss, its dimension and vector count, and says how to fix
-each problem.
+each problem. The extractor runs in torch or, from extractor.onnx, in onnxruntime (``runtime``: auto, onnx, torch);
+torch is imported only by the torch runtime, so an onnx-only install serves without it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,13 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
 
 from index_store.atomic import WriterLock, exchange, fsync_dir, fsync_file
 from index_store.metadata import IndexMetadata, MetadataError
@@ -34,7 +35,7 @@ from index_store.weights import sha256_file  # weights.py stays standalone: the 
 from model import knn
 from model.detector import Detector
 from model.errors import PatchCoreError
-from model.features import PatchEmbedder
+from model.extractor import RUNTIMES, Extractor
 
 if TYPE_CHECKING:
     from index_store.build import BuildResult
@@ -43,6 +44,8 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
 BANK_IDS_FILE = "bank_image_ids.npy"
 IMAGES_FILE = "images.tsv"
+EXTRACTOR_FILE = "extractor.onnx"
+RUNTIME_CHOICES = ("auto", *RUNTIMES)
 TMP, OLD = "tmp", "old"  # sibling folders .NAME.tmp-* (being written) and .NAME.old-* (fallback swap)
 log = logging.getLogger(__name__)
 
@@ -59,12 +62,18 @@ class IndexBundle:
     metadata: IndexMetadata
     detector: Detector
 
+    @property
+    def runtime(self) -> str:
+        """Which runtime runs the extractor: "torch" or "onnx"."""
+        return self.detector.embedder.runtime
+
 
 def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False,
          lock: WriterLock | None = None, *, bank_image_ids: np.ndarray | None = None,
-         images: Sequence[tuple[str, str]] | None = None) -> IndexMetadata:
-    """Write the index, its sidecars (when given) and its metadata atomically; returns the metadata as written
-    (with the sha256 of the index and of every sidecar).
+         images: Sequence[tuple[str, str]] | None = None,
+         extra_files: Mapping[str, bytes] | None = None) -> IndexMetadata:
+    """Write the index, its sidecars (when given; ``extra_files``: more sidecars by file name, e.g. extractor.onnx)
+    and its metadata atomically; returns the metadata as written (with the sha256 of the index and of every sidecar).
 
     Holds the writer lock of out_dir (or the caller's ``lock``, taken before a long build), removes what killed
     writers left behind, writes a temporary sibling and swaps it in. Killed at any instant, it leaves out_dir
@@ -82,7 +91,7 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
             clean_stale(out_dir)
             if out_dir.exists() and not force:
                 raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
-            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images)
+            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images, extra_files or {})
     except OSError as exc:
         raise IndexStoreError(
             f"cannot write {out_dir} ({exc.strerror or exc}); free some space, fix the folder's permissions or "
@@ -91,7 +100,7 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
 
 
 def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, bank_image_ids: np.ndarray | None,
-                    images: Sequence[tuple[str, str]] | None) -> IndexMetadata:
+                    images: Sequence[tuple[str, str]] | None, extra_files: Mapping[str, bytes]) -> IndexMetadata:
     tmp = out_dir.parent / f"{_prefix(out_dir, TMP)}{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # mode from the umask (tempfile.mkdtemp's 0700 would hide the index from a server's other user)
     try:
@@ -109,6 +118,11 @@ def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, 
         if images is not None:
             (tmp / IMAGES_FILE).write_text("".join(f"{path}\t{digest}\n" for path, digest in images))
             sidecars[IMAGES_FILE] = sha256_file(tmp / IMAGES_FILE)
+        for name, data in extra_files.items():
+            if name in (INDEX_FILE, METADATA_FILE, BANK_IDS_FILE, IMAGES_FILE) or Path(name).name != name:
+                raise IndexStoreError(f"cannot store an extra file named {name!r}; this is a bug")
+            (tmp / name).write_bytes(data)
+            sidecars[name] = sha256_file(tmp / name)
         for name in sidecars:
             fsync_file(tmp / name)
         metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE), sidecars=sidecars)
@@ -163,21 +177,47 @@ def remove_tree(path: Path) -> None:
 
 
 def save_result(out_dir: Path, result: BuildResult, force: bool = False,
-                lock: WriterLock | None = None) -> IndexMetadata:
-    """Save what build_index returned: index, metadata and both sidecars."""
+                lock: WriterLock | None = None, extra_files: Mapping[str, bytes] | None = None) -> IndexMetadata:
+    """Save what build_index returned: index, metadata and both sidecars (plus ``extra_files``, see save)."""
     return save(out_dir, result.index, result.metadata, force, lock, bank_image_ids=result.bank_image_ids,
-                images=result.images)
+                images=result.images, extra_files=extra_files)
+
+
+def add_sidecar(index_dir: Path, name: str, data: bytes) -> IndexMetadata:
+    """Add (or replace) one sidecar file of an existing index, e.g. extractor.onnx, and list its sha256 in
+    metadata.json; the file first, then the metadata, each replaced atomically under the writer lock. Killed
+    between the two, the index loads as before (an unlisted file is never used). Returns the new metadata."""
+    index_dir = Path(index_dir)
+    if name in (INDEX_FILE, METADATA_FILE, BANK_IDS_FILE, IMAGES_FILE) or Path(name).name != name:
+        raise IndexStoreError(f"cannot add a sidecar named {name!r}; this is a bug")
+    try:
+        with WriterLock(index_dir):
+            metadata = read_metadata(index_dir)
+            tmp = index_dir / f".{name}.tmp-{os.getpid()}"
+            tmp.write_bytes(data)
+            fsync_file(tmp)
+            os.replace(tmp, index_dir / name)
+            metadata = dataclasses.replace(metadata, sidecars={**metadata.sidecars, name: sha256_file(index_dir / name)})
+            _replace_metadata(index_dir, metadata)
+            return metadata
+    except OSError as exc:
+        raise IndexStoreError(f"cannot write {index_dir / name} ({exc.strerror or exc}); free some space or fix the "
+                              "folder's permissions (the index is unchanged)") from exc
 
 
 def write_metadata(index_dir: Path, metadata: IndexMetadata) -> None:
     """Replace metadata.json of an existing index folder atomically (e.g. a new threshold); the rest is unchanged."""
     index_dir = Path(index_dir)
     with WriterLock(index_dir):
-        tmp = index_dir / f".{METADATA_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(metadata.to_json() + "\n")
-        fsync_file(tmp)
-        os.replace(tmp, index_dir / METADATA_FILE)
-        fsync_dir(index_dir)
+        _replace_metadata(index_dir, metadata)
+
+
+def _replace_metadata(index_dir: Path, metadata: IndexMetadata) -> None:
+    tmp = index_dir / f".{METADATA_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(metadata.to_json() + "\n")
+    fsync_file(tmp)
+    os.replace(tmp, index_dir / METADATA_FILE)
+    fsync_dir(index_dir)
 
 
 def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
@@ -240,20 +280,87 @@ def load_index(index_dir: Path) -> tuple[IndexMetadata, faiss.Index]:
         raise IndexStoreError(f"{path} holds {index.ntotal} vectors, metadata says {metadata.bank_size}; {rebuild}")
     for name, expected in metadata.sidecars.items():
         if not (index_dir / name).is_file() or sha256_file(index_dir / name) != expected:
+            fix = f"re-export it with patchcore-export {index_dir}" if name == EXTRACTOR_FILE else rebuild
             raise IndexStoreError(f"{index_dir / name} is missing or corrupt (sha256 differs from metadata.json); "
-                                  f"{rebuild}")
+                                  f"{fix}")
     knn.configure_search(index, metadata.config.index)
     return metadata, index
 
 
-def load(index_dir: Path, device: str | torch.device = "cpu") -> IndexBundle:
-    """Load an index folder and rebuild its detector from the config stored in the metadata."""
+def load(index_dir: Path, device: str = "cpu", runtime: str = "auto", threads: int | None = None) -> IndexBundle:
+    """Load an index folder and rebuild its detector from the config stored in the metadata.
+
+    runtime: "torch" (torchvision's backbone), "onnx" (onnxruntime on the index's extractor.onnx) or "auto" (onnx
+    when extractor.onnx is listed in the metadata and onnxruntime is installed, else torch). threads: onnxruntime's
+    intra-op threads (torch's are set process-wide by index_store.runtime.configure_threads).
+    """
     metadata, index = load_index(index_dir)
-    embedder = PatchEmbedder(metadata.config, device)
+    chosen = resolve_runtime(runtime, Path(index_dir), metadata)
+    embedder = _onnx_extractor(Path(index_dir), metadata, device, threads) if chosen == "onnx" else \
+        _torch_extractor(metadata, device)
     if embedder.dim != metadata.embedding_dim or embedder.grid != metadata.grid:
         raise IndexStoreError(
-            f"{metadata.config.backbone} now gives {embedder.dim}-d embeddings on a {embedder.grid} grid, but the "
-            f"index was built with {metadata.embedding_dim}-d on {metadata.grid}; the backbone code or weights "
-            "changed: rebuild the index with patchcore-build-index --force"
+            f"{metadata.config.backbone} ({chosen} runtime) now gives {embedder.dim}-d embeddings on a "
+            f"{embedder.grid} grid, but the index was built with {metadata.embedding_dim}-d on {metadata.grid}; the "
+            "backbone code or weights changed: rebuild the index with patchcore-build-index --force"
         )
     return IndexBundle(Path(index_dir), metadata, Detector(metadata.config, embedder, index, metadata.calibration))
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_runtime(runtime: str, index_dir: Path, metadata: IndexMetadata) -> str:
+    """"torch" or "onnx" for a runtime choice (auto, onnx, torch), or IndexStoreError saying what to do."""
+    if runtime not in RUNTIME_CHOICES:
+        raise IndexStoreError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
+    has_onnx = EXTRACTOR_FILE in metadata.sidecars
+    if runtime == "auto":
+        if has_onnx and _installed("onnxruntime"):
+            return "onnx"
+        if _installed("torch"):
+            return "torch"
+        raise IndexStoreError(
+            f"{index_dir} cannot be served without torch: "
+            + ("install onnxruntime (pip install 'patchcore-service[onnx]')" if has_onnx else
+               f"it has no {EXTRACTOR_FILE}; add one with patchcore-export {index_dir} where torch is installed")
+        )
+    if runtime == "onnx":
+        if not has_onnx:
+            raise IndexStoreError(f"{index_dir} has no {EXTRACTOR_FILE}; add it with patchcore-export {index_dir}, or "
+                                  "use the torch runtime (PATCHCORE_RUNTIME=torch)")
+        if not _installed("onnxruntime"):
+            raise IndexStoreError("the onnx runtime needs onnxruntime: pip install 'patchcore-service[onnx]', or use "
+                                  "PATCHCORE_RUNTIME=torch")
+    elif not _installed("torch"):
+        raise IndexStoreError("the torch runtime needs torch and torchvision (the full image, or pip install "
+                              "patchcore-service); this install has only the onnx runtime: use PATCHCORE_RUNTIME=onnx")
+    return runtime
+
+
+def _torch_extractor(metadata: IndexMetadata, device: str) -> Extractor:
+    from model.features import PatchEmbedder
+
+    return PatchEmbedder(metadata.config, device)
+
+
+def _onnx_extractor(index_dir: Path, metadata: IndexMetadata, device: str, threads: int | None) -> Extractor:
+    """onnxruntime on DIR/extractor.onnx, whose sha256 load_index has checked; its embedded config must be the
+    index's."""
+    import hashlib
+    import json
+
+    from model.onnx_runtime import OnnxExtractor
+
+    path = index_dir / EXTRACTOR_FILE
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != metadata.sidecars[EXTRACTOR_FILE]:  # replaced since load_index read it
+        raise IndexStoreError(f"{path} changed while loading; load again, or re-export it with patchcore-export")
+    extractor = OnnxExtractor(data, metadata.config, str(device), threads)
+    if json.dumps(extractor.model_config, sort_keys=True) != json.dumps(metadata.config.to_dict(), sort_keys=True):
+        raise IndexStoreError(f"{path} was exported for another model config than {index_dir}'s metadata; re-export "
+                              f"it with patchcore-export {index_dir}")
+    return extractor

@@ -4,6 +4,7 @@
     detector.anomaly_map(score)    -> (H, W) map on the original picture
     detector.predict(image)        -> Prediction     both of the above
 It holds no per-request state, so one instance serves concurrent callers. Loading from disk is index_store's job.
+The extractor is any runtime of model/extractor.py's contract (torch or ONNX); nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from model import heatmap, knn, scoring
 from model.calibration import Calibration, is_anomalous, normalise
 from model.config import PatchCoreConfig
 from model.errors import InputError
-from model.features import PatchEmbedder, check_image, preprocess
+from model.extractor import Extractor
+from model.preprocess import check_image, pixels
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Detector:
     def __init__(
         self,
         config: PatchCoreConfig,
-        embedder: PatchEmbedder,
+        embedder: Extractor,
         index: faiss.Index,
         calibration: Calibration,
     ) -> None:
@@ -82,9 +84,9 @@ class Detector:
         if not images:
             return []
         t0 = time.perf_counter()
-        batch = preprocess(images, self.config)
+        batch = pixels(images, self.config)  # (B, S, S, 3) uint8
         t1 = time.perf_counter()
-        embeddings = self.embedder.embed_tensor(batch)
+        embeddings = self.embedder.embed_pixels(batch)  # (B, h, w, D) float32
         t2 = time.perf_counter()
         scores, nn_ids = self.patch_scores(embeddings)
         t3 = time.perf_counter()

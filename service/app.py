@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import torch
 from fastapi import Depends, FastAPI
 
 from index_store import package_version
@@ -41,8 +40,13 @@ class StartupError(ServiceError):
     """The server cannot start with these settings; the message says what to change."""
 
 
-def check_device(device: str) -> None:
-    if device.startswith("cuda"):
+def check_device(device: str, runtime: str) -> None:
+    """A CUDA device must exist for torch; the onnx runtime checks its own providers when it loads."""
+    if device.startswith("cuda") and runtime != "onnx":
+        try:
+            import torch
+        except ImportError:
+            return  # no torch: an "auto" runtime will be onnx, whose CUDA provider is checked at load
         if not torch.cuda.is_available():
             raise StartupError(f"device {device!r} asked for, but torch sees no CUDA device; use --device cpu "
                                "(PATCHCORE_DEVICE=cpu) or install a CUDA build of torch")
@@ -81,11 +85,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     registry: IndexRegistry = app.state.registry
     t0 = time.perf_counter()
     log.info("starting", extra={"index_dir": str(settings.index_dir), "device": settings.device,
+                                "runtime": settings.runtime,
                                 "threads": settings.threads, "inference_workers": settings.inference_workers})
     try:
         threads = configure_threads(settings.threads)
-        check_device(settings.device)
-        registry.load_all(settings.index_dir, settings.device, warmup=settings.warmup)
+        check_device(settings.device, settings.runtime)
+        registry.load_all(settings.index_dir, settings.device, warmup=settings.warmup, runtime=settings.runtime,
+                          threads=threads)
     except PatchCoreError as exc:  # the message says how to fix it
         log.error("startup failed: %s", exc, extra={"index_dir": str(settings.index_dir), "error": type(exc).__name__})
         raise

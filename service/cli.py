@@ -1,6 +1,7 @@
 """patchcore-serve: run the HTTP server on a folder of indexes.
 
     patchcore-serve --index-dir indexes --host 0.0.0.0 --port 8000 [--workers 2] [--device cuda] [--threads 4]
+                    [--runtime auto|onnx|torch]
 
 Every option also reads PATCHCORE_<NAME> from the environment (arguments win); the other settings (API key, upload
 limits, default heatmap, ...) are environment-only, see service/settings.py.
@@ -17,6 +18,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from model.errors import PatchCoreError
+from index_store.runtime import passive_openmp
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -30,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
     parser.add_argument("--workers", type=int, help="server processes, each with its own copy of the indexes")
     parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    parser.add_argument("--runtime", choices=("auto", "onnx", "torch"),
+                        help="extractor runtime (default auto: onnx when the index has extractor.onnx)")
     parser.add_argument("--threads", type=int, help="torch/OpenMP/FAISS threads per process (default: cores/workers)")
     parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING, ERROR")
     parser.add_argument("--log-format", choices=("json", "text"), help="json lines (default) or key=value")
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("bad settings: %s", problems)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    passive_openmp()  # before torch / faiss load (service.app imports them); the workers inherit it
     try:
         return serve(settings)
     except PatchCoreError as exc:

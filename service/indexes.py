@@ -71,10 +71,11 @@ class IndexRegistry:
         self._bundles: dict[str, IndexBundle] = {}
         self.ready = False
 
-    def load_all(self, index_dir: Path, device: str, warmup: bool = True) -> None:
+    def load_all(self, index_dir: Path, device: str, warmup: bool = True, runtime: str = "auto",
+                 threads: int | None = None) -> None:
         for name, path in discover(index_dir).items():
             t0 = time.perf_counter()
-            bundle = store.load(path, device=device)
+            bundle = store.load(path, device=device, runtime=runtime, threads=threads)
             t1 = time.perf_counter()
             if warmup:
                 warm_up(bundle)
@@ -82,7 +83,7 @@ class IndexRegistry:
             meta = bundle.metadata
             log.info(
                 "index loaded",
-                extra={"index": name, "path": str(path), "backbone": meta.config.backbone,
+                extra={"index": name, "path": str(path), "backbone": meta.config.backbone, "runtime": bundle.runtime,
                        "bank_size": meta.bank_size, "threshold": meta.calibration.threshold,
                        "load_ms": round((t1 - t0) * 1e3, 1), "warmup_ms": round((time.perf_counter() - t1) * 1e3, 1)},
             )

@@ -17,7 +17,7 @@ from imaging.decode import decode_image
 from index_store.store import IndexBundle
 from model.detector import ImageScore
 from model.errors import InputError
-from model.features import check_image
+from model.preprocess import check_image
 from model.calibration import normalise
 from service.schemas import BatchPrediction, Prediction, Timings
 from service.settings import HeatmapMode

@@ -93,7 +93,7 @@ async def indexes(registry: RegistryDep) -> list[IndexInfo]:
             name=name, product=meta.name, schema_version=meta.schema_version, backbone=cfg.backbone,
             layers=list(cfg.layers), image_size=cfg.image_size, crop_size=cfg.crop_size,
             embedding_dim=meta.embedding_dim, grid=list(meta.grid), bank_size=meta.bank_size,
-            index_kind=cfg.index.kind, threshold=meta.calibration.threshold, score_std=meta.calibration.std,
+            index_kind=cfg.index.kind, runtime=bundle.runtime, threshold=meta.calibration.threshold, score_std=meta.calibration.std,
             target_fpr=meta.calibration.target_fpr,
             n_train_images=meta.provenance.n_train_images, built_at=meta.provenance.built_at,
             package_version=meta.provenance.package_version,

@@ -65,6 +65,7 @@ class IndexInfo(BaseModel):
     grid: list[int] = Field(description="patch grid (h, w) per image")
     bank_size: int = Field(description="memory-bank vectors")
     index_kind: str = Field(description="FAISS index type")
+    runtime: str = Field("torch", description="the extractor's runtime: onnx or torch (PATCHCORE_RUNTIME)")
     threshold: float
     score_std: float = Field(
         description="spread of the good calibration scores: normalised_score = sigmoid((image_score - threshold) / "

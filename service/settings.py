@@ -34,6 +34,9 @@ class Settings(BaseSettings):
 
     index_dir: Path = Field(description="one index folder (with metadata.json) or a folder of index folders")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    runtime: Literal["auto", "onnx", "torch"] = Field(
+        "auto", description="the extractor's runtime: onnx (onnxruntime on the index's extractor.onnx), torch, or auto "
+        "(onnx when the index has extractor.onnx and onnxruntime is installed, else torch)")
     threads: int = Field(default_factory=default_threads, ge=1, description="torch, OpenMP, FAISS and BLAS threads")
     inference_workers: int = Field(1, ge=1, le=64, description="requests scored at the same time")
     max_pending: int = Field(64, ge=1, description="requests queued for inference before answering 503")

@@ -29,6 +29,16 @@ def test_cli_builds_an_index_end_to_end(sample_dir, tmp_path, capsys):
     assert ids.shape == (bundle.metadata.bank_size,) and set(ids.tolist()) <= set(range(16))
     lines = (out / store.IMAGES_FILE).read_text().splitlines()
     assert len(lines) == 16 and lines[0].split("\t")[0] == "train/good/000.png" and len(lines[0].split("\t")[1]) == 64
+    # The ONNX extractor is written with it (the dev extra installs onnx), listed with its sha256, and served.
+    assert bundle.metadata.sidecars[store.EXTRACTOR_FILE] == store.sha256_file(out / store.EXTRACTOR_FILE)
+    assert bundle.runtime == "onnx"
+
+
+def test_cli_no_onnx_writes_no_extractor(sample_dir, tmp_path):
+    out = tmp_path / "idx"
+    assert main(["--data", str(sample_dir), "--out", str(out), "--no-onnx", *FAST]) == 0
+    assert not (out / store.EXTRACTOR_FILE).exists() and store.EXTRACTOR_FILE not in store.read_metadata(out).sidecars
+    assert store.load(out).runtime == "torch"
 
 
 def test_cli_refuses_an_existing_output_without_force(sample_dir, tmp_path, capsys):

@@ -32,3 +32,20 @@ def test_default_is_the_usable_cores(restore_threads):
 def test_bad_count_raises():
     with pytest.raises(ValueError, match=">= 1"):
         configure_threads(0)
+
+
+def test_passive_openmp_is_the_default_and_an_explicit_choice_wins():
+    from index_store.runtime import passive_openmp
+
+    env: dict[str, str] = {}
+    assert passive_openmp(env) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "active"}
+    assert passive_openmp(env) == "active" and env == {"OMP_WAIT_POLICY": "active"}
+
+
+def test_the_server_cli_loads_no_openmp_runtime_before_it_sets_the_wait_policy():
+    import subprocess
+    import sys
+
+    code = "import sys, service.cli; print(sorted(m for m in ('torch', 'faiss', 'onnxruntime') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

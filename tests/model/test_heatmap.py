@@ -38,3 +38,43 @@ def test_blur_is_the_papers_gaussian_sigma_4_at_input_resolution():
     scores = np.random.default_rng(0).random((8, 8)).astype(np.float32)
     unblurred = input_map(scores, config.replace(blur_sigma=0.0))
     np.testing.assert_allclose(input_map(scores, config), gaussian_filter(unblurred, 4.0), rtol=1e-6)
+
+
+def _torch_anomaly_map(patch_scores, image_hw, config):
+    """The torch implementation this module replaced (F.interpolate + gaussian_filter + F.grid_sample): the
+    reference the numpy matrices must reproduce."""
+    import torch
+    import torch.nn.functional as F
+
+    from model.preprocess import crop_offset
+
+    s = config.input_size
+    x = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[None, None]
+    up = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)[0, 0].numpy()
+    if config.blur_sigma > 0:
+        up = gaussian_filter(up, sigma=config.blur_sigma, mode="reflect", truncate=4.0)
+    height, width = image_hw
+    size, crop, top = config.image_size, config.input_size, crop_offset(config)
+    ys = ((torch.arange(height, dtype=torch.float32) + 0.5) * (size / height) - top) / crop * 2.0 - 1.0
+    xs = ((torch.arange(width, dtype=torch.float32) + 0.5) * (size / width) - top) / crop * 2.0 - 1.0
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]
+    src = torch.from_numpy(np.ascontiguousarray(up, dtype=np.float32))[None, None]
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, 0]
+    if crop < size:
+        outside = (ys.abs() > 1.0)[:, None] | (xs.abs() > 1.0)[None, :]
+        out[outside] = float(up.min())
+    return out.numpy()
+
+
+@pytest.mark.parametrize("config, grid, image_hw", [
+    (PatchCoreConfig(), (32, 32), (900, 900)),
+    (PatchCoreConfig(image_size=64, crop_size=48), (6, 6), (200, 130)),
+    (PatchCoreConfig(image_size=128, blur_sigma=0.0), (16, 16), (37, 301)),
+    (PatchCoreConfig(image_size=256, crop_size=224), (28, 28), (1024, 700)),
+])
+def test_numpy_map_equals_the_torch_reference(config, grid, image_hw):
+    scores = np.random.default_rng(1).gamma(2.0, 1.0, grid).astype(np.float32)
+    ours = anomaly_map(scores, image_hw, config)
+    ref = _torch_anomaly_map(scores, image_hw, config)
+    assert ours.shape == ref.shape == image_hw and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-5 * float(np.abs(ref).max()))
