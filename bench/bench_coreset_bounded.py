@@ -37,7 +37,7 @@ METHODS = {
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--products", nargs="+", default=list(suite.PRODUCTS))
+    p.add_argument("--products", nargs="*", default=list(suite.PRODUCTS), help="none: synthetic only")
     p.add_argument("--ratios", type=float, nargs="+", default=[0.01, 0.1])
     p.add_argument("--aggregation", choices=["pool", "concat"], default="pool")
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))

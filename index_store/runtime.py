@@ -85,7 +85,7 @@ def current_rss_mb() -> float:
 
 
 def return_freed_memory() -> None:
-    """glibc malloc: serve every block over 4 MiB with its own mmap, so that freeing it returns it to the system.
+    """glibc malloc: serve every block over 1 MiB with its own mmap, so that freeing it returns it to the system.
 
     By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), after which the
     backbone's per-batch activations and the builder's temporaries stay in the heap once freed, and RSS only grows.
@@ -94,6 +94,6 @@ def return_freed_memory() -> None:
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 << 20)  # M_MMAP_THRESHOLD: a fixed value also turns the dynamic adjustment off
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: a fixed value also turns the dynamic adjustment off
     except (OSError, AttributeError):
         pass
