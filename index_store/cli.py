@@ -76,8 +76,8 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         backbone=args.backbone, layers=layers, pretrained=not args.random_init, image_size=args.image_size,
         crop_size=args.crop_size or None, patch_size=args.patch_size, aggregation=args.aggregation,
         embedding_dim=args.embedding_dim, coreset_ratio=args.coreset_ratio,
-        projection_dim=args.projection_dim or None, coreset_mode=args.coreset_mode, seed=args.seed, reweight=args.reweight,
-        num_neighbors=args.num_neighbors, index=index,
+        projection_dim=args.projection_dim or None, coreset_mode=args.coreset_mode, seed=args.seed,
+        reweight=args.reweight, num_neighbors=args.num_neighbors, index=index,
     )
     check_layers(config)  # fail fast, before any image is read
     return config
