@@ -27,7 +27,7 @@ from evaluation.runner import eval_shape
 from imaging.decode import iter_images
 from model import knn
 from model.config import PatchCoreConfig
-from model.coreset import greedy_coreset
+from model.coreset_bounded import select_coreset
 from model.detector import Detector
 from model.features import PatchEmbedder, check_image
 
@@ -136,7 +136,7 @@ def build_bank(train: np.ndarray, config: PatchCoreConfig, ratio: float) -> Bank
     n, h, w, d = train.shape
     rows = train.reshape(-1, d)
     k = max(16, int(round(ratio * rows.shape[0])))
-    picked = greedy_coreset(rows, k, projection_dim=config.projection_dim, seed=config.seed)
+    picked = select_coreset(rows, k, mode=config.coreset_mode, projection_dim=config.projection_dim, seed=config.seed)
     return Bank(detector_for(rows[picked], config), (picked // (h * w)).astype(np.int32), time.perf_counter() - t)
 
 

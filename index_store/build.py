@@ -46,7 +46,8 @@ from model import knn
 from model.calibration import DEFAULT_RULE
 from model.calibration import calibrate as threshold_from
 from model.config import PatchCoreConfig
-from model.coreset import greedy_coreset, nearest_sq_distances
+from model.coreset import nearest_sq_distances
+from model.coreset_bounded import select_coreset
 from model.errors import PatchCoreError
 from model.features import PatchEmbedder
 
@@ -132,7 +133,7 @@ def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip:
 
     batch, names = [], []
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not options.progress, leave=False)
-    for path, image, digest, error in iter_images(paths, options.decode_workers, 2 * options.batch_size,
+    for path, image, digest, error in iter_images(paths, options.decode_workers, options.batch_size,
                                                   options.max_pixels):
         bar.update(1)
         if error is not None:
@@ -248,7 +249,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
         k = max(1, int(round(config.coreset_ratio * new.shape[0])))
         pd, seed = config.projection_dim, config.seed
         initial = nearest_sq_distances(new, buffer[:banked], projection_dim=pd, seed=seed) if banked else None
-        picked = greedy_coreset(new, k, projection_dim=pd, seed=seed, initial=initial)
+        picked = select_coreset(new, k, mode=config.coreset_mode, projection_dim=pd, seed=seed, initial=initial)
         buffer[banked : banked + picked.size] = new[picked]  # fancy indexing copies first: overlap is safe
         owner[banked : banked + picked.size] = owner[banked:fill][picked]
         banked = fill = banked + picked.size
@@ -276,7 +277,8 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
                         f"sequential(chunks={n_chunks})")
     t = time.perf_counter()
     k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
-    picked = greedy_coreset(buffer[:fill], k, projection_dim=config.projection_dim, seed=config.seed)
+    picked = select_coreset(buffer[:fill], k, mode=config.coreset_mode, projection_dim=config.projection_dim,
+                            seed=config.seed)
     stages.add("coreset", time.perf_counter() - t)
     stages.done("coreset")
     return Streamed(buffer[picked], owner[picked], used, buffer[:fill], embedder.grid, n_seen, "single-pass")

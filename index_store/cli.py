@@ -17,10 +17,10 @@ from index_store import onnx_export, store
 from index_store.atomic import WriterLock
 from index_store.build import BuildOptions, build_index
 from imaging.decode import list_images
-from index_store.runtime import configure_threads
+from index_store.runtime import configure_threads, release_gpu_library_pages, return_freed_memory
 from model.backbone import BACKBONES, check_layers
 from model.calibration import DEFAULT_RULE, RULES
-from model.config import INDEX_KINDS, IndexConfig, PatchCoreConfig
+from model.config import CORESET_MODES, INDEX_KINDS, IndexConfig, PatchCoreConfig
 from model.errors import PatchCoreError
 
 log = logging.getLogger("patchcore")
@@ -40,6 +40,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--embedding-dim", type=int, help="target dimension for --aggregation pool (default 128)")
     g.add_argument("--coreset-ratio", type=float, default=DEFAULTS.coreset_ratio)
     g.add_argument("--projection-dim", type=int, default=DEFAULTS.projection_dim, help="0: no projection")
+    g.add_argument("--coreset-mode", choices=CORESET_MODES, default=DEFAULTS.coreset_mode,
+                   help="bounded: fast on any data, within 1 - epsilon of the farthest point per pick; exact: the "
+                   "exact greedy (can take many times the extraction on textured products at 10 %%)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--reweight", action="store_true", help="paper eq. 7 image-score re-weighting")
     g.add_argument("--num-neighbors", type=int, default=DEFAULTS.num_neighbors, help="b of eq. 7")
@@ -73,8 +76,8 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         backbone=args.backbone, layers=layers, pretrained=not args.random_init, image_size=args.image_size,
         crop_size=args.crop_size or None, patch_size=args.patch_size, aggregation=args.aggregation,
         embedding_dim=args.embedding_dim, coreset_ratio=args.coreset_ratio,
-        projection_dim=args.projection_dim or None, seed=args.seed, reweight=args.reweight,
-        num_neighbors=args.num_neighbors, index=index,
+        projection_dim=args.projection_dim or None, coreset_mode=args.coreset_mode, seed=args.seed,
+        reweight=args.reweight, num_neighbors=args.num_neighbors, index=index,
     )
     check_layers(config)  # fail fast, before any image is read
     return config
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 def _check(args: argparse.Namespace) -> tuple[PatchCoreConfig, list[Path], BuildOptions]:
     config = config_from_args(args)
     configure_threads(args.threads)
+    return_freed_memory()
+    if args.device == "cpu":
+        log.info("released %.0f MiB of GPU-only library pages (CPU build)", release_gpu_library_pages())
     paths = list_images(args.data)
     if not paths:
         raise store.IndexStoreError(f"no PNG/JPEG/BMP/TIFF images found under {args.data}; check the path")

@@ -86,7 +86,8 @@ class IndexMetadata:
             return cls(
                 schema_version=version,
                 name=str(data["name"]),
-                config=PatchCoreConfig.from_dict(data["config"]),
+                # written before coreset_mode existed: those banks came from the exact greedy
+                config=PatchCoreConfig.from_dict({"coreset_mode": "exact", **data["config"]}),
                 embedding_dim=int(data["embedding_dim"]),
                 grid=(int(data["grid"][0]), int(data["grid"][1])),
                 bank_size=int(data["bank_size"]),

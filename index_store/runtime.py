@@ -55,3 +55,65 @@ def configure_threads(threads: int | None) -> int:
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# Shared libraries that only a CUDA device runs: the CUDA wheel of torch loads them at import even on a CPU
+# machine, and relocating them touches ~250 MB of their pages, all counted in this process's RSS.
+GPU_LIBRARY_MARKERS = ("/nvidia/", "libtorch_cuda", "libcudnn", "libnccl", "libcusparseLt", "libnvjpeg", "/triton/",
+                       "libnvrtc", "libnvJitLink", "libcublas", "libcufft", "libcurand", "libcusolver", "libcusparse")
+_MADV_DONTNEED = 4
+
+
+def release_gpu_library_pages() -> float:
+    """On a process that will not use CUDA: hand back the resident pages of the GPU-only libraries. Returns MiB.
+
+    Only mappings that hold no private (copy-on-write) page are touched: their pages are clean copies of the file,
+    so dropping them (madvise MADV_DONTNEED) changes nothing but RSS; were one needed again, it would be read back
+    from the page cache. Relocated (written) segments are left alone. Call once at start, after the imports."""
+    import ctypes
+    import re
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    released = 0
+    try:
+        text = open("/proc/self/smaps").read()
+    except OSError:  # not Linux
+        return 0.0
+    for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", text):
+        head = block.split("\n", 1)[0].split()
+        if len(head) < 6 or not any(m in head[5] for m in GPU_LIBRARY_MARKERS) or "w" in head[1]:
+            continue
+        fields = dict(re.findall(r"^(\w+):\s+(\d+) kB", block, flags=re.M))
+        if int(fields.get("Anonymous", 1)) or int(fields.get("Private_Dirty", 1)) or not int(fields.get("Rss", 0)):
+            continue
+        lo, hi = (int(v, 16) for v in head[0].split("-"))
+        if libc.madvise(lo, hi - lo, _MADV_DONTNEED) == 0:
+            released += int(fields["Rss"])
+    return released / 1024.0
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now, in MiB (Linux)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def return_freed_memory() -> None:
+    """glibc malloc: serve every block over 1 MiB with its own mmap, so that freeing it returns it to the system.
+
+    By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), after which the
+    backbone's per-batch activations and the builder's temporaries stay in the heap once freed, and RSS only grows.
+    Call once at process start (a no-op where glibc is not the allocator)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: a fixed value also turns the dynamic adjustment off
+    except (OSError, AttributeError):
+        pass

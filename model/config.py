@@ -16,6 +16,7 @@ from model.errors import ConfigError
 INDEX_KINDS = ("flat", "ivf_flat", "hnsw", "ivf_pq")
 PATCH_PADDINGS = ("zeros", "exclude")
 AGGREGATIONS = ("concat", "pool")
+CORESET_MODES = ("bounded", "exact")
 DEFAULT_EMBEDDING_DIM = 128
 
 
@@ -77,6 +78,10 @@ class PatchCoreConfig:
     # seeded random projection to projection_dim dimensions (None or >= embedding dim: no projection).
     coreset_ratio: float = 0.01
     projection_dim: int | None = 128
+    # "exact": the exact greedy (model.coreset). "bounded": each pick within 1 - epsilon of the farthest point and
+    # each new centre updating its nearest groups only (model.coreset_bounded): bounded time on any data.
+    # Indexes written before this field existed were built with "exact" (index_store.metadata).
+    coreset_mode: str = "bounded"
     seed: int = 0
     # Image score: max patch score s*, optionally re-weighted by paper eq. 7 over num_neighbors bank neighbours.
     reweight: bool = False
@@ -113,6 +118,8 @@ class PatchCoreConfig:
             raise ConfigError("embedding_dim applies to aggregation 'pool' only; leave it unset for 'concat'")
         if not 0.0 < self.coreset_ratio <= 1.0:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.coreset_mode not in CORESET_MODES:
+            raise ConfigError(f"unknown coreset_mode {self.coreset_mode!r}; choose one of {', '.join(CORESET_MODES)}")
         if self.projection_dim is not None and self.projection_dim < 1:
             raise ConfigError(f"projection_dim must be >= 1 or None, got {self.projection_dim}")
         if self.num_neighbors < 1:

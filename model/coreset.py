@@ -84,14 +84,27 @@ def greedy_coreset(
             raise ConfigError(f"initial distances: {initial.shape[0]} values for {x.shape[0]} rows")
         check_size(x.shape[0], n_select)
         z = x if projection_dim is None or projection_dim >= x.shape[1] else project(x, projection_dim, seed)
-        return _KCenter(z, _mean(z) if z is x else None).run(n_select, 0, None, initial)
+        with one_blas_thread():
+            return _KCenter(z, _mean(z) if z is x else None).run(n_select, 0, None, initial)
     fixed = None if fixed is None or len(fixed) == 0 else np.unique(np.asarray(fixed, dtype=np.int64))
     check_size(x.shape[0] - (0 if fixed is None else fixed.size), n_select)
     start = start_index(x.shape[0], seed)
-    if projection_dim is None or projection_dim >= x.shape[1]:
-        # z = x - mean, never materialised: rows are rebuilt (bit for bit) when needed. Saves one N x D copy.
-        return _KCenter(x, _mean(x)).run(n_select, start, fixed)
-    return _KCenter(project(x, projection_dim, seed), None).run(n_select, start, fixed)
+    with one_blas_thread():
+        if projection_dim is None or projection_dim >= x.shape[1]:
+            # z = x - mean, never materialised: rows are rebuilt (bit for bit) when needed. Saves one N x D copy.
+            return _KCenter(x, _mean(x)).run(n_select, start, fixed)
+        return _KCenter(project(x, projection_dim, seed), None).run(n_select, start, fixed)
+
+
+def one_blas_thread():
+    """Context: numpy's BLAS on one thread. The greedy's products are small (a group of ~256 rows x a batch of
+    centres); a threaded BLAS spends more time waking and spinning its threads than computing them, 4x slower
+    on a busy 2-core machine (pill_qc, 51k points, 2,000 centres: 39 s with 2 threads, 10 s with one). This is a
+    local, temporary limit around one computation, restored on exit; the process-wide counts stay those set at
+    start (index_store.runtime)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def greedy_k_center(z: np.ndarray, k: int, start: int) -> np.ndarray:
@@ -209,6 +222,10 @@ def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 class _KCenter:
     """The bank in the layout the pruned greedy needs. One instance per run; private."""
 
+    BOUND_DIMS: int | None = _BOUND_DIMS  # rotated coordinates kept in y (None: all of them)
+    KEEP_ROWS = True  # keep zs, the rows in sorted order, for the exact float64 distances
+    BATCH_SCALE = 2.0  # centres wanted per round: BATCH_SCALE x sqrt(k), within 128 ... 1024
+
     def __init__(self, base: np.ndarray, shift: np.ndarray | None) -> None:
         # The points are z = base - shift (shift None: z = base). Exact distances use these rows in float64.
         self.base, self.shift = base, shift
@@ -241,16 +258,19 @@ class _KCenter:
         self.key = self.group * self.span + self.radius  # increasing: searchsorted finds annuli
         self.rho = np.maximum.reduceat(self.radius, self.starts)  # group radius
         self.musq = (self.mu * self.mu).sum(axis=1)
-        s1 = min(_BOUND_DIMS, d)
-        self.zs = np.empty((n, d), np.float32)  # z in sorted order: the exact distances read these rows
+        s1 = d if self.BOUND_DIMS is None else min(self.BOUND_DIMS, d)
+        # z in sorted order: the exact distances read these rows (subclasses that need no float64 distances skip it)
+        self.zs = np.empty((n, d), np.float32) if self.KEEP_ROWS else None
         self.y = np.empty((n, s1), np.float32)  # the first s1 rotated coordinates, sorted: the lower bounds
         for lo in range(0, n, _ROW_CHUNK):
             block = self.rows(self.order[lo : lo + _ROW_CHUNK])
-            self.zs[lo : lo + _ROW_CHUNK] = block
+            if self.zs is not None:
+                self.zs[lo : lo + _ROW_CHUNK] = block
             self.y[lo : lo + _ROW_CHUNK] = (block - centre) @ rotation[:, :s1]
+            del block
         self.centre = centre
         self.head_sq = np.einsum("ij,ij->i", self.y, self.y)
-        scale = float(np.einsum("ij,ij->i", self.zs, self.zs).max())
+        scale = float((self.head_sq if self.zs is None else np.einsum("ij,ij->i", self.zs, self.zs)).max())
         self.abs2 = _ABS * scale + 1e-30
         self.eps = _ABS * np.sqrt(scale) + 1e-30
         self.mind = np.empty(n)  # running squared distance to the nearest centre (float64), in sorted order
@@ -289,7 +309,7 @@ class _KCenter:
         return self._loop(selected, k, t)
 
     def _loop(self, selected: np.ndarray, k: int, t: int) -> np.ndarray:
-        batch = int(np.clip(2.0 * np.sqrt(k), 128, 1024))
+        batch = int(np.clip(self.BATCH_SCALE * np.sqrt(k), 128, 1024))
         while t < k:
             if self.dmax.max() <= 0.0:  # everything covered (duplicates only)
                 return selected[:t]
@@ -374,11 +394,20 @@ class _KCenter:
         A point x of group g (centroid mu, x at radius r) with running distance D(x) <= D_g can only get closer to
         centre c if |d(c, mu) - r| < D_g (triangle inequality, in the group coordinates: a lower bound).
         """
+        dist, reach, reaches = self._reaches(picks)
+        centre, group = np.nonzero(reaches)
+        return self._slices(centre, group, dist, reach)
+
+    def _reaches(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(centre-to-centroid distances (j, G), reach of each group (G,), whether centre j reaches group g (j, G))."""
         gd = self.mu.shape[1]
         head = self.y[picks, :gd].astype(_F64)
         dist = np.sqrt(np.maximum((head * head).sum(1)[:, None] + self.musq[None, :] - 2.0 * (head @ self.mu.T), 0))
         reach = np.sqrt(self.dmax) + self.eps  # (G,)
-        centre, group = np.nonzero(dist - self.rho[None, :] < reach[None, :])
+        return dist, reach, dist - self.rho[None, :] < reach[None, :]
+
+    def _slices(self, centre, group, dist, reach) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The annulus of each (centre, group) pair as a slice [lo, hi) of the sorted bank; pairs sorted by group."""
         d_cg, base = dist[centre, group], group * self.span
         lo = np.maximum(np.searchsorted(self.key, base + d_cg - reach[group]), self.starts[group])
         hi = np.minimum(np.searchsorted(self.key, base + d_cg + reach[group], side="right"), self.ends[group])

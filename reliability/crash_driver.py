@@ -19,7 +19,7 @@ from collections.abc import Callable
 PROBES = {
     "load_model": ("index_store.build", "PatchEmbedder", None),  # building the backbone
     "embed": ("model.features", "embed", "PatchEmbedder"),  # a batch of patch embeddings (extract, calibration)
-    "coreset": ("index_store.build", "greedy_coreset", None),
+    "coreset": ("index_store.build", "select_coreset", None),
     "index": ("model.knn", "build_index", None),  # the FAISS index of the memory bank
     "calibrate": ("model.detector", "patch_scores", "Detector"),  # scoring held-out good images
     "write_index": ("faiss", "write_index", None),  # save: index.faiss into the temporary folder

@@ -119,7 +119,7 @@ def test_sequential_coreset_equals_its_reference_and_stays_close_to_single_pass(
     from model.features import PatchEmbedder
 
     paths = list_images(sample_dir)
-    config = PatchCoreConfig(image_size=64, coreset_ratio=0.1)
+    config = PatchCoreConfig(image_size=64, coreset_ratio=0.1, coreset_mode="exact")
     train, held = split_held_out(paths, 200, seed=config.seed)  # chunked builds calibrate on held-out images
     single = build_index(train, config, BuildOptions(progress=False))  # the same bank images, in one pass
     chunked = build_index(paths, config, BuildOptions(progress=False, max_chunk_patches=5 * 64, batch_size=5))

@@ -153,6 +153,18 @@ def test_version_1_metadata_still_loads_with_its_old_meaning(index_dir, tmp_path
     assert store.load(copy).metadata.calibration.threshold == old.calibration.threshold
 
 
+def test_metadata_without_coreset_mode_reads_as_the_exact_greedy(index_dir):
+    """Indexes built before coreset_mode existed came from the exact greedy; new ones record their mode."""
+    import json
+
+    from index_store.metadata import IndexMetadata
+
+    data = json.loads((index_dir / store.METADATA_FILE).read_text())
+    assert data["config"]["coreset_mode"] == "bounded"  # the default
+    data["config"].pop("coreset_mode")
+    assert IndexMetadata.from_json(json.dumps(data)).config.coreset_mode == "exact"
+
+
 def test_a_corrupt_sidecar_is_refused(index_dir, tmp_path):
     import shutil
 

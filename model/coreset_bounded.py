@@ -1,0 +1,170 @@
+"""Bounded greedy k-center: the coreset in a time that does not blow up on hard data (an approximation).
+
+The exact greedy (model.coreset) is fast while its triangle-inequality bounds prune: on redundant products such
+as bottle, a new centre reaches a few groups of the bank. On less redundant data (textures, pills on a mat, a 10 %
+ratio) the running distances stay large against the distances between points, nothing is pruned, and every
+centre costs a pass over the bank: O(N * k * d), hundreds of seconds for a few hundred images. This variant
+keeps the greedy's rule and its data layout (k-means groups sorted by radius) but bounds the work per centre:
+
+1. epsilon-greedy batches. A candidate is taken as the next centre while its running distance is at least
+   (1 - epsilon) x the largest running distance of the whole bank (the exact rule: > every other point). Each
+   pick is then a (1 - epsilon)-approximate farthest point, and the greedy's guarantee becomes
+   radius <= 2 / (1 - epsilon) x the optimal k-center radius (Gonzalez 1985, with approximate farthest points).
+   Batches of hundreds of centres come out of one round on any data.
+2. Nearest groups only. A new centre updates the running distances of the points in the `near_points` / group-size
+   groups nearest to it (among those its triangle-inequality annulus reaches), never more: work per centre is
+   bounded whatever N and whatever the data. A point outside them keeps a running distance that may be too large
+   (an upper bound of the true one), which can only make it a candidate again; it is never wrongly dropped.
+3. Dense float32 updates. Each touched group is one matrix product (rows x d) @ (d x centres) and a row minimum;
+   no (point, centre) pair list is materialised, and no float64 copy of the bank is kept.
+
+With epsilon = 0 and unlimited groups it is the exact greedy computed in float32 (tests/model/test_coreset_bounded.py
+checks it against the reference); bench/bench_coreset_bounded.py measures time, coverage radius and AUROC against
+the exact greedy on the development suite. Memory beyond the input: the bank on its principal axes (N x d float32)
+and about 40 bytes per point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model import coreset
+from model.errors import ConfigError
+
+MODES = ("bounded", "exact")
+DEFAULT_EPSILON = 0.05
+DEFAULT_NEAR_POINTS = 8192  # points a new centre may update (rounded to whole groups)
+
+
+def select_coreset(features: np.ndarray, n_select: int, *, mode: str, projection_dim: int | None, seed: int,
+                   initial: np.ndarray | None = None) -> np.ndarray:
+    """The builder's coreset: `mode` "exact" (model.coreset.greedy_coreset) or "bounded" (this module)."""
+    if mode == "exact":
+        return coreset.greedy_coreset(features, n_select, projection_dim=projection_dim, seed=seed, initial=initial)
+    if mode == "bounded":
+        return bounded_greedy_coreset(features, n_select, projection_dim=projection_dim, seed=seed, initial=initial)
+    raise ConfigError(f"unknown coreset mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def bounded_greedy_coreset(
+    features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, initial: np.ndarray | None = None,
+    epsilon: float = DEFAULT_EPSILON, near_points: int | None = DEFAULT_NEAR_POINTS,
+) -> np.ndarray:
+    """Indices (k,) int64 of the bounded greedy coreset, in selection order; the first one is the seeded start
+    (model.coreset.start_index) unless `initial` ((N,) squared distances to centres chosen elsewhere) is given.
+
+    epsilon in [0, 1): each pick is at least (1 - epsilon) x the farthest point's distance. near_points: points a new
+    centre may update (None: all that its annulus reaches, i.e. exact updates). Fewer than n_select come back only
+    when every point is covered at distance 0 (duplicates)."""
+    if not 0.0 <= epsilon < 1.0:
+        raise ConfigError(f"epsilon must be in [0, 1), got {epsilon}")
+    if near_points is not None and near_points < 1:
+        raise ConfigError(f"near_points must be >= 1 or None, got {near_points}")
+    x = coreset._as_points(features)
+    coreset.check_size(x.shape[0], n_select)
+    if projection_dim is None or projection_dim >= x.shape[1]:
+        base, shift = x, coreset._mean(x)
+    else:
+        base, shift = coreset.project(x, projection_dim, seed), None
+    if initial is not None:
+        initial = np.asarray(initial, dtype=np.float64).reshape(-1)
+        if initial.shape[0] != x.shape[0]:
+            raise ConfigError(f"initial distances: {initial.shape[0]} values for {x.shape[0]} rows")
+    with coreset.one_blas_thread():
+        kc = _BoundedKCenter(base, shift, epsilon, near_points)
+        if initial is not None:
+            return kc.run(n_select, 0, None, initial)
+        return kc.run(n_select, coreset.start_index(x.shape[0], seed))
+
+
+class _BoundedKCenter(coreset._KCenter):
+    """model.coreset._KCenter with bounded updates: only y (the bank on its principal axes, all d of them) is kept."""
+
+    BOUND_DIMS = None  # all coordinates: y holds the whole (rotated) point, and its distances are the distances
+    KEEP_ROWS = False  # no separate copy of the rows for float64 distances
+    BATCH_SCALE = 8.0  # larger rounds: the epsilon rule lets most of a round's candidates through
+
+    def __init__(self, base: np.ndarray, shift: np.ndarray | None, epsilon: float, near_points: int | None) -> None:
+        super().__init__(base, shift)
+        self.relax = (1.0 - epsilon) ** 2  # on squared distances
+        size = max(1.0, self.n / self.counts.size)  # mean group size
+        self.near_groups = None if near_points is None else max(1, int(round(near_points / size)))
+
+    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
+        if fixed is not None:
+            raise ConfigError("the bounded greedy takes initial distances, not fixed rows")
+        selected = np.empty(k, dtype=np.int64)
+        if initial is not None:
+            self.mind[:] = np.maximum(initial[self.order].astype(np.float64), 0.0)
+            self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+            return self._loop(selected, k, 0)
+        position = np.empty(self.n, np.int64)  # original row -> sorted position
+        position[self.order] = np.arange(self.n)
+        first = position[start]
+        selected[0] = start
+        c = self.y[first]
+        for lo in range(0, self.n, coreset._ROW_CHUNK):  # the first centre: one full pass
+            block = self.y[lo : lo + coreset._ROW_CHUNK] - c
+            self.mind[lo : lo + coreset._ROW_CHUNK] = np.einsum("ij,ij->i", block, block)
+        self.mind[first] = 0.0
+        self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+        return self._loop(selected, k, 1)
+
+    def _greedy_among(self, idx: np.ndarray, vals: np.ndarray, tau: float, want: int) -> list[int]:
+        """The greedy among the candidates while each pick is >= (1 - epsilon) x the global farthest distance."""
+        yc = self.y[idx]
+        sq = np.einsum("ij,ij->i", yc, yc)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (yc @ yc.T), 0.0)  # (L, L) squared, float32
+        # Every running distance is <= dmax.max(), and only decreases: a candidate above the threshold is a
+        # (1 - epsilon)-farthest point (above tau, it is the farthest point, as in the exact rule).
+        limit = max(min(tau, self.relax * float(self.dmax.max())), 0.0)
+        u = vals.copy()
+        picks: list[int] = []
+        while len(picks) < want:
+            i = int(np.argmax(u))
+            if not u[i] > limit:
+                break
+            picks.append(i)
+            np.minimum(u, dist[i], out=u)
+            u[i] = 0.0
+        return picks
+
+    def _annuli(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact rule's (centre, group) pairs, cut to each centre's near_groups nearest groups."""
+        dist, reach, reaches = self._reaches(picks)
+        m = self.near_groups
+        if m is None or m >= dist.shape[1]:
+            centre, group = np.nonzero(reaches)
+        else:
+            masked = np.where(reaches, dist, np.inf)
+            group = np.argpartition(masked, m - 1, axis=1)[:, :m].ravel()  # (j * m,) the m nearest per centre
+            centre = np.repeat(np.arange(picks.size), m)
+            keep = np.isfinite(masked[centre, group])
+            centre, group = centre[keep], group[keep]
+        return self._slices(centre, group, dist, reach)
+
+    def _add_centres(self, picks: np.ndarray) -> None:
+        """mind <- min(mind, d(., c)^2) over the new centres c, group by group, on the slices the centres reach."""
+        pair_centre, lo, hi = self._annuli(picks)
+        cen = self.y[picks]
+        weights = -2.0 * cen.T  # (d, j)
+        cen_sq = np.einsum("ij,ij->i", cen, cen)
+        touched = [self.group[picks]]
+        if lo.size:
+            group_of = self.group[lo]
+            heads = np.r_[0, np.flatnonzero(group_of[1:] != group_of[:-1]) + 1]
+            seg_lo = np.minimum.reduceat(lo, heads).tolist()
+            seg_hi = np.maximum.reduceat(hi, heads).tolist()
+            bounds = np.r_[heads, lo.size].tolist()
+            for i, (a, b) in enumerate(zip(seg_lo, seg_hi)):
+                q = pair_centre[bounds[i] : bounds[i + 1]]
+                part = self.y[a:b] @ weights[:, q]  # (rows, centres): -2 x.c
+                part += cen_sq[q]
+                best = part.min(axis=1) + self.head_sq[a:b]  # + |x|^2: the squared distance to the nearest centre
+                np.minimum(self.mind[a:b], np.maximum(best, 0.0), out=self.mind[a:b])
+            touched.append(group_of[heads])
+        self.mind[picks] = 0.0
+        groups = np.unique(np.concatenate(touched))
+        sizes = self.counts[groups]
+        self.dmax[groups] = np.maximum.reduceat(self.mind[coreset._ranges(self.starts[groups], self.ends[groups])],
+                                                np.cumsum(sizes) - sizes)
