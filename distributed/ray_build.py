@@ -1,13 +1,15 @@
 """build_index on a Ray cluster: Ray Data reads and decodes the images, actors embed them (one backbone each) and
-reduce each image's patches, the driver extends the memory bank by the local builder's greedy continuation.
+drop the patches the bank already covers, the driver extends the memory bank by the local builder's greedy
+continuation.
 
     read + decode (Ray Data tasks, files read where the task runs: --data must be at the same path on every node)
-    -> embed + reduce (actors, one PatchEmbedder each, CPU or GPU by resources; each image's patches -> candidates)
+    -> embed + filter (actors, one PatchEmbedder each, CPU or GPU by resources; distributed.bank.BankFilter against
+       the latest bank the driver published on a small board actor)
     -> driver: distributed.bank.ChunkedBank (same chunks, same seeded greedy continuation as index_store.build)
     -> index, calibration and metadata exactly as index_store.build.build_index (it is called with this streamer).
 
 Memory: a worker holds one batch of images and its embeddings; Ray Data's streaming executor bounds the blocks in
-flight; the driver holds the bank plus one chunk of candidates, as the local builder does. Rows arrive in image
+flight; the driver holds the bank plus one chunk of patches, as the local builder does. Rows arrive in image
 order (preserve_order), so ids, chunks and picks do not depend on which worker ran what.
 
 Needs the ray extra (pip install '.[ray]'); importing this module without it raises ImportError.
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from distributed.bank import ChunkedBank, reduce_image
+from distributed.bank import BankFilter, ChunkedBank
 from distributed.options import RayOptions
 from index_store.build import BuildError, BuildOptions, BuildResult, Streamed, _chunk_rows, build_index
 from model.config import PatchCoreConfig
@@ -67,17 +69,36 @@ def _connect(ray_options: RayOptions) -> None:
                          "--ray local") from exc
 
 
-class _EmbedActor:
-    """One backbone per actor: a batch of decoded images -> each image's candidate patches (and timings)."""
+class _Board:
+    """A tiny actor holding the latest bank the driver published (version, tau squared, [bank ObjectRef])."""
 
-    def __init__(self, config: dict[str, Any], device: str, threads: int, candidates: int) -> None:
+    def __init__(self) -> None:
+        self.latest: tuple[int, float, list] = (0, 0.0, [])
+
+    def publish(self, version: int, tau_sq: float, bank: list) -> None:
+        self.latest = (version, tau_sq, bank)
+
+    def get(self) -> tuple[int, float, list]:
+        return self.latest
+
+
+class _EmbedActor:
+    """One backbone per actor: a batch of decoded images -> each image's patches the bank does not cover yet."""
+
+    def __init__(self, config: dict[str, Any], device: str, threads: int, board) -> None:
         from index_store.runtime import configure_threads
 
         configure_threads(threads)  # once, at the start of this worker process
         self.config = PatchCoreConfig.from_dict(config)
         self.embedder = PatchEmbedder(self.config, device)
-        self.candidates = candidates
+        self.board, self.version, self.filter = board, 0, BankFilter(np.empty((0, 1), np.float32), 0.0, 0)
         self.node = ray.get_runtime_context().get_node_id()
+
+    def _refresh(self) -> None:
+        version, tau_sq, bank = ray.get(self.board.get.remote())
+        if version != self.version:
+            self.filter = BankFilter(ray.get(bank[0]), tau_sq, self.config.seed)
+            self.version = version
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from index_store.runtime import peak_rss_mb
@@ -85,19 +106,24 @@ class _EmbedActor:
         n = len(batch["image_id"])
         ok = np.flatnonzero(batch["error"] == "")
         dim, per_image = self.embedder.dim, self.embedder.grid[0] * self.embedder.grid[1]
-        out = np.zeros((n, self.candidates, dim), dtype=np.float32)
+        out = [np.zeros((0, dim), np.float32) for _ in range(n)]
         embed_s = reduce_s = 0.0
         if ok.size:
             t = time.perf_counter()
             emb = self.embedder.embed([batch["image"][i] for i in ok]).reshape(ok.size, per_image, dim)
             embed_s = time.perf_counter() - t
             t = time.perf_counter()
-            for j, i in enumerate(ok):  # (P, D) -> (candidates, D), image by image: the same whatever the batch
-                out[i] = reduce_image(emb[j], self.candidates, self.config)
+            self._refresh()
+            keep = self.filter.keep(emb.reshape(-1, dim)).reshape(ok.size, per_image)
+            for j, i in enumerate(ok):  # (P, D) -> (kept, D)
+                out[i] = np.ascontiguousarray(emb[j][keep[j]])
             reduce_s = time.perf_counter() - t
         share = np.full(n, 1.0 / n)
+        rows = np.empty(n, dtype=object)
+        rows[:] = out
         return {
-            "image_id": batch["image_id"], "sha256": batch["sha256"], "error": batch["error"], "candidates": out,
+            "image_id": batch["image_id"], "sha256": batch["sha256"], "error": batch["error"], "rows": rows,
+            "tau_sq": np.full(n, self.filter.tau_sq if self.filter.index is not None else 0.0),
             "decode_s": batch["decode_s"], "embed_s": share * embed_s, "reduce_s": share * reduce_s,
             "node": np.full(n, self.node), "worker": np.full(n, f"{socket.gethostname()}:{os.getpid()}"),
             "worker_rss_mb": np.full(n, peak_rss_mb()),
@@ -148,12 +174,11 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
 
     per_image = embedder.grid[0] * embedder.grid[1]
     total, chunk = len(train_paths) * per_image, _chunk_rows(per_image, options)
-    # A single-pass build keeps every patch (leave-one-image-out calibration needs them all, as locally).
-    candidates = ray_options.candidates_per_image(per_image, config.coreset_ratio) if total > chunk else per_image
-    bank = ChunkedBank(config, total, per_image, embedder.dim, chunk, k_max, options.batch_size, candidates)
+    bank = ChunkedBank(config, total, per_image, embedder.dim, chunk, k_max, options.batch_size, ray_options.margin)
     layout = _layout(options, ray_options)
-    log.info("ray: %d nodes, %g CPUs, %g GPUs: %d backbone actors; %d of %d patches per image sent to the driver",
-             layout["nodes"], layout["cpus"], layout["gpus"], layout["actors"], candidates, per_image)
+    log.info("ray: %d nodes, %g CPUs, %g GPUs: %d backbone actors", layout["nodes"], layout["cpus"], layout["gpus"],
+             layout["actors"])
+    board = ray.remote(num_cpus=0)(_Board).remote()
 
     DataContext.get_current().execution_options.preserve_order = True  # image order: same chunks, same picks
     DataContext.get_current().enable_progress_bars = options.progress
@@ -165,7 +190,7 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
         compute=ray.data.ActorPoolStrategy(size=layout["actors"]),
         num_cpus=layout["actor_num_cpus"], num_gpus=layout["actor_num_gpus"],
         fn_constructor_kwargs={"config": config.to_dict(), "device": options.device,
-                               "threads": layout["cpus_per_actor"], "candidates": candidates},
+                               "threads": layout["cpus_per_actor"], "board": board},
     )
 
     t_stream = time.perf_counter()
@@ -173,7 +198,7 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
     worker_seconds = {"decode": 0.0, "embed": 0.0, "reduce": 0.0}
     worker_rss: dict[str, float] = {}
     worker_node: dict[str, str] = {}
-    expected = 0
+    expected = published = 0
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
         for i in range(len(batch["image_id"])):
             image_id = int(batch["image_id"][i])
@@ -189,8 +214,13 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
             if batch["error"][i]:
                 on_skip(BuildError(str(batch["error"][i])))
                 continue
-            bank.add(batch["candidates"][i])
+            bank.add(np.asarray(batch["rows"][i], dtype=np.float32).reshape(-1, embedder.dim),
+                     float(batch["tau_sq"][i]))
             used.append((train_paths[image_id], str(batch["sha256"][i])))
+            if bank.version != published:  # the bank grew: workers filter against it from their next batch on
+                version, tau_sq, vectors = bank.current()
+                board.publish.remote(version, tau_sq, [ray.put(vectors.copy())])
+                published = version
     if not used:
         raise BuildError("none of the training images could be read; check the files (see the warnings above)")
     stages.add("extract", time.perf_counter() - t_stream - bank.coreset_seconds)  # the chunks' greedy ran meanwhile
@@ -203,8 +233,9 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
     for worker, rss in worker_rss.items():
         per_node[worker_node[worker]] = per_node.get(worker_node[worker], 0.0) + rss
     cluster = {
-        "backend": "ray", "address": ray_options.address, **layout, "candidates_per_image": candidates,
-        "oversample": ray_options.oversample,
+        "backend": "ray", "address": ray_options.address, **layout, "margin": ray_options.margin,
+        "patches_sent": bank.n_received, "patches_seen": n_seen, "chunks": bank.n_chunks,
+        "exact_chunks": bank.exact_chunks if bank.sequential else None,
         "worker_seconds": {k: round(v, 3) for k, v in worker_seconds.items()},
         "workers": len(worker_rss), "peak_rss_mb_per_node": {k: round(v, 1) for k, v in per_node.items()},
     }
