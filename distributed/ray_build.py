@@ -29,6 +29,7 @@ import numpy as np
 import ray
 
 from distributed.bank import BankFilter, ChunkedBank
+from distributed.decode_task import decode_row
 from distributed.options import RayOptions
 from index_store.build import BuildError, BuildOptions, BuildResult, Streamed, _chunk_rows, build_index
 from model.config import PatchCoreConfig
@@ -60,7 +61,7 @@ def build_index_ray(paths: list[Path], config: PatchCoreConfig, options: BuildOp
 def _connect(ray_options: RayOptions) -> None:
     try:
         if ray_options.address == "local":
-            ray.init(num_cpus=ray_options.local_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=ray_options.local_cpus, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=ray_options.address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -130,26 +131,6 @@ class _EmbedActor:
         }
 
 
-def _decode(row: dict[str, Any], max_pixels: int | None) -> dict[str, Any]:
-    """Read and decode one file where this task runs; an unreadable one comes back with its error."""
-    import hashlib
-
-    from imaging.decode import ImageDecodeError, decode_image
-
-    t = time.perf_counter()
-    path, image, digest, error = row["path"], np.zeros((1, 1, 3), np.uint8), "", ""
-    try:
-        data = Path(path).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        image = decode_image(data, max_pixels, name=path)
-    except OSError as exc:
-        error = f"{path} cannot be read ({exc})"
-    except ImageDecodeError as exc:
-        error = str(exc)
-    return {"image_id": row["image_id"], "sha256": digest, "error": error, "image": image,
-            "decode_s": time.perf_counter() - t}
-
-
 def _layout(options: BuildOptions, ray_options: RayOptions) -> dict[str, Any]:
     """Nodes, resources, and how many actors of what size."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -184,7 +165,7 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
     DataContext.get_current().enable_progress_bars = options.progress
     items = [{"image_id": i, "path": str(Path(p).resolve())} for i, p in enumerate(train_paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * layout["actors"])))
-    ds = ds.map(_decode, fn_kwargs={"max_pixels": options.max_pixels}, num_cpus=DECODE_CPUS)
+    ds = ds.map(decode_row, fn_kwargs={"max_pixels": options.max_pixels}, num_cpus=DECODE_CPUS)
     ds = ds.map_batches(
         _EmbedActor, batch_size=options.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=layout["actors"]),

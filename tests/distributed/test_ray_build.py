@@ -22,7 +22,7 @@ CONFIG = PatchCoreConfig(image_size=64, coreset_ratio=0.1)  # 8 x 8 patches per 
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a running one
     yield
     ray.shutdown()
 
