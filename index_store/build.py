@@ -98,6 +98,7 @@ class Streamed:
     grid: tuple[int, int]
     n_seen: int
     method: str
+    cluster: dict = field(default_factory=dict)  # where it ran, for builds on a cluster (distributed.ray_build)
 
 
 class _Stages:
@@ -150,9 +151,13 @@ def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip:
 
 
 def build_index(
-    paths: Sequence[Path], config: PatchCoreConfig, options: BuildOptions = BuildOptions(), root: Path | None = None
+    paths: Sequence[Path], config: PatchCoreConfig, options: BuildOptions = BuildOptions(), root: Path | None = None,
+    streamer: Callable[..., Streamed] | None = None,
 ) -> BuildResult:
-    """Build the memory bank of `paths` (good images) and calibrate it; nothing is written to disk here."""
+    """Build the memory bank of `paths` (good images) and calibrate it; nothing is written to disk here.
+
+    streamer: what turns the training images into a Streamed bank, with _stream_coreset's arguments; this process
+    by default, a Ray cluster with distributed.ray_build."""
     started, stages = time.perf_counter(), _Stages()
     paths = list(dict.fromkeys(paths))
     if not paths:
@@ -183,7 +188,7 @@ def build_index(
         skipped.append(str(error))
         log.warning("skipping: %s", error)
 
-    streamed = _stream_coreset(paths, embedder, config, options, on_skip, stages, k_max)
+    streamed = (streamer or _stream_coreset)(paths, embedder, config, options, on_skip, stages, k_max)
     t = time.perf_counter()
     index = knn.build_index(streamed.bank, config.index, config.seed)
     stages.add("index", time.perf_counter() - t)
@@ -211,7 +216,7 @@ def build_index(
     images = tuple((_relative(p, root), d) for p, d in streamed.used)
     read = [*images, *((_relative(p, root), d) for p, d in scored)]
     provenance = _provenance(read, len(paths) + len(unseen), skipped, len(images), len(scores), method, started,
-                             stages)
+                             stages, streamed.cluster)
     metadata = IndexMetadata(
         schema_version=SCHEMA_VERSION, name=options.name, config=config, embedding_dim=embedder.dim,
         grid=embedder.grid, bank_size=int(index.ntotal), n_patches_seen=streamed.n_seen,
@@ -225,6 +230,26 @@ def _chunk_rows(per_image: int, options: BuildOptions) -> int:
     return max(per_image * options.batch_size, options.max_chunk_patches)
 
 
+def buffer_rows(total: int, chunk: int, k_max: int) -> int:
+    """Sequential builds: room for the bank (k_max plus one row of rounding per chunk) and one chunk of new
+    patches. When a batch no longer fits behind the bank, the bank is extended by the patches held so far."""
+    return chunk + k_max + math.ceil(total / chunk)
+
+
+def chunk_picks(n_new: int, config: PatchCoreConfig) -> int:
+    """How many bank vectors a chunk of n_new patches adds."""
+    return max(1, int(round(config.coreset_ratio * n_new)))
+
+
+def greedy_continuation(new: np.ndarray, bank: np.ndarray, k: int, config: PatchCoreConfig) -> np.ndarray:
+    """Rows of `new` (N, D) that the seeded greedy adds to `bank` (M, D): it starts from each new row's distance
+    to the bank, so it only adds centres where the new rows are not yet covered -> (min(k, N),) row indices."""
+    pd, seed = config.projection_dim, config.seed
+    initial = nearest_sq_distances(new, bank, projection_dim=pd, seed=seed) if bank.shape[0] else None
+    return select_coreset(new, min(k, new.shape[0]), mode=config.coreset_mode, projection_dim=pd, seed=seed,
+                          initial=initial)
+
+
 def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_max) -> Streamed:
     """Stream embeddings into the buffer, extend the bank chunk by chunk if needed, and return the bank with the
     source image of each of its vectors."""
@@ -232,8 +257,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
     total = len(train_paths) * per_image
     chunk = _chunk_rows(per_image, options)
     sequential = total > chunk
-    # Sequential: room for the bank (k_max plus one row of rounding per chunk) and one chunk of new patches.
-    capacity = chunk + k_max + math.ceil(total / chunk) if sequential else total
+    capacity = buffer_rows(total, chunk, k_max) if sequential else total
     buffer = np.empty((capacity, embedder.dim), dtype=np.float32)  # preallocated, never grown
     owner = np.empty(capacity, dtype=np.int32)  # source image id of each buffer row
     fill = banked = n_seen = n_chunks = 0
@@ -246,10 +270,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
         nonlocal fill, banked, n_chunks
         t = time.perf_counter()
         new = buffer[banked:fill]
-        k = max(1, int(round(config.coreset_ratio * new.shape[0])))
-        pd, seed = config.projection_dim, config.seed
-        initial = nearest_sq_distances(new, buffer[:banked], projection_dim=pd, seed=seed) if banked else None
-        picked = select_coreset(new, k, mode=config.coreset_mode, projection_dim=pd, seed=seed, initial=initial)
+        picked = greedy_continuation(new, buffer[:banked], chunk_picks(new.shape[0], config), config)
         buffer[banked : banked + picked.size] = new[picked]  # fancy indexing copies first: overlap is safe
         owner[banked : banked + picked.size] = owner[banked:fill][picked]
         banked = fill = banked + picked.size
@@ -284,7 +305,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
     return Streamed(buffer[picked], owner[picked], used, buffer[:fill], embedder.grid, n_seen, "single-pass")
 
 
-def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stages) -> Provenance:
+def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stages, cluster) -> Provenance:
     import torch
     import torchvision
 
@@ -300,7 +321,7 @@ def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stage
         calibration_source=method,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
-        stage_seconds=dict(stages.seconds),
+        stage_seconds=dict(stages.seconds), cluster=dict(cluster),
     )
 
 

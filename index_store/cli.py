@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from distributed.options import add_ray_arguments, options_from_args
 from index_store import onnx_export, store
 from index_store.atomic import WriterLock
 from index_store.build import BuildOptions, build_index
@@ -104,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-onnx", action="store_true", help="do not write extractor.onnx (the ONNX extractor, "
                         "written when onnx and onnxruntime are installed; patchcore-export adds it later)")
     add_model_arguments(parser)
+    add_ray_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.out.exists() and not args.force:
                 raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
             log.info("building %s from %d images under %s", options.name, len(paths), args.data)
-            result = build_index(paths, config, options, root=args.data)
+            result = _build(paths, config, options, args)
             extra = {} if args.no_onnx else onnx_export.sidecar(config)
             metadata = store.save_result(args.out, result, force=args.force, lock=lock, extra_files=extra)
     except (PatchCoreError, ValueError, OSError) as exc:
@@ -131,6 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(summary) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in summary.items()))
     return 0
+
+
+def _build(paths, config, options, args):
+    ray_options = options_from_args(args)
+    if ray_options is None:
+        return build_index(paths, config, options, root=args.data)
+    try:
+        from distributed.ray_build import build_index_ray
+    except ImportError as exc:
+        from distributed.options import INSTALL_HINT
+
+        raise PatchCoreError(f"--ray: {INSTALL_HINT} ({exc})") from exc
+    return build_index_ray(paths, config, options, ray_options, root=args.data)
 
 
 def _check(args: argparse.Namespace) -> tuple[PatchCoreConfig, list[Path], BuildOptions]:

@@ -41,6 +41,9 @@ class Provenance:
     build_seconds: float
     peak_rss_mb: float
     stage_seconds: dict[str, float]
+    # builds on a Ray cluster (distributed.ray_build): nodes, CPUs, GPUs, actors, worker-seconds per stage, peak RSS
+    # per node; empty for builds in one process (and in indexes written before it existed)
+    cluster: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
