@@ -37,16 +37,20 @@ def bottle_server(tmp_path_factory):
 
 
 def _peak(card) -> list[int]:
-    """(x, y) of the hottest pixel of the server's map, read back from the picture the page shows."""
+    """(x, y) of the hottest pixels' centroid in the server's map, read back from the picture the page shows (the
+    map's PNG saturates where the score is far above the threshold, so the hottest value covers a region)."""
     return card.evaluate("""(c) => {
         const img = c.querySelector("img.raw"), canvas = document.createElement("canvas");
         canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
         const ctx = canvas.getContext("2d");
         ctx.drawImage(img, 0, 0);
         const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-        let best = 0;
-        for (let i = 0; i < d.length; i += 4) if (d[i] > d[best]) best = i;
-        return [(best / 4) % canvas.width, Math.floor(best / 4 / canvas.width)];
+        let best = 0, sx = 0, sy = 0, n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] > best) best = d[i];
+        for (let i = 0; i < d.length; i += 4) if (d[i] === best) {
+            sx += (i / 4) % canvas.width; sy += Math.floor(i / 4 / canvas.width); n += 1;
+        }
+        return [Math.round(sx / n), Math.round(sy / n)];
     }""")
 
 
