@@ -82,6 +82,7 @@ class BuildResult:
     bank_image_ids: np.ndarray  # (M,) int32: the source image of each memory-bank vector, a row of `images`
     images: tuple[tuple[str, str], ...]  # (path relative to the data root, sha256) of each bank image, by id
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    bank_vectors: np.ndarray | None = None  # (M, D) float32, kept (as a sidecar) where the index cannot give it back
 
 
 @dataclass
@@ -217,7 +218,8 @@ def build_index(
         coreset_method=streamed.method, index_sha256="", calibration=calibration, provenance=provenance,
     )
     return BuildResult(index=index, metadata=metadata, bank_image_ids=streamed.bank_image_ids, images=images,
-                       stage_seconds=dict(stages.seconds))
+                       stage_seconds=dict(stages.seconds),
+                       bank_vectors=None if config.index.kind == "flat" else streamed.bank)
 
 
 def _chunk_rows(per_image: int, options: BuildOptions) -> int:

@@ -88,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="patchcore-build-index", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of good images, or an MVTec category root")
     parser.add_argument("--out", type=Path, required=True, help="index folder to write")
+    parser.add_argument("--update", type=Path, metavar="INDEX", help="add --data's good images to the index INDEX "
+                        "as its next version (see patchcore-build-index --update X --help)")
     parser.add_argument("--name", help="index name (default: the --out folder's name)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -103,6 +105,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--update" or a.startswith("--update=") for a in argv):  # its own options: index_store/update.py
+        from index_store import update
+
+        return update.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:

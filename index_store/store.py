@@ -1,6 +1,8 @@
 """Save and load a memory bank: DIR/index.faiss (faiss.write_index) + DIR/metadata.json, and the sidecars
-DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle) and DIR/images.tsv (one
-"relative path<TAB>sha256" line per bank image, its line number being its id). No pickle anywhere.
+DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle), DIR/images.tsv (one
+"relative path<TAB>sha256" line per bank image, its line number being its id) and, for index kinds that do not keep
+the exact vectors readable (anything but flat), DIR/bank_vectors.npy (float32 (M, D): what an update extends). No
+pickle anywhere.
 
 Saving is atomic: everything is written into a temporary sibling folder (.DIR.tmp-*), which is then swapped with
 DIR in one step (renameat2 RENAME_EXCHANGE), so a build killed at any point never leaves a half-written index, and an
@@ -19,7 +21,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +34,7 @@ from index_store.atomic import WriterLock, exchange, fsync_dir, fsync_file
 from index_store.metadata import IndexMetadata, MetadataError
 from index_store.weights import sha256_file  # weights.py stays standalone: the Docker build runs it alone
 from model import knn
+from model.config import PatchCoreConfig
 from model.detector import Detector
 from model.errors import PatchCoreError
 from model.features import PatchEmbedder
@@ -43,6 +46,7 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
 BANK_IDS_FILE = "bank_image_ids.npy"
 IMAGES_FILE = "images.tsv"
+BANK_VECTORS_FILE = "bank_vectors.npy"
 TMP, OLD = "tmp", "old"  # sibling folders .NAME.tmp-* (being written) and .NAME.old-* (fallback swap)
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,8 @@ class IndexBundle:
 
 def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False,
          lock: WriterLock | None = None, *, bank_image_ids: np.ndarray | None = None,
-         images: Sequence[tuple[str, str]] | None = None) -> IndexMetadata:
+         images: Sequence[tuple[str, str]] | None = None,
+         bank_vectors: np.ndarray | None = None) -> IndexMetadata:
     """Write the index, its sidecars (when given) and its metadata atomically; returns the metadata as written
     (with the sha256 of the index and of every sidecar).
 
@@ -75,6 +80,8 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
         raise IndexStoreError(f"index ({index.ntotal} x {index.d}) does not match its metadata; this is a bug")
     if bank_image_ids is not None and len(bank_image_ids) != index.ntotal:
         raise IndexStoreError(f"{len(bank_image_ids)} bank image ids for {index.ntotal} vectors; this is a bug")
+    if bank_vectors is not None and bank_vectors.shape != (index.ntotal, index.d):
+        raise IndexStoreError(f"bank vectors {bank_vectors.shape} for a {index.ntotal} x {index.d} index; this is a bug")
     if lock is not None and (not lock.held or lock.out_dir != out_dir.parent.resolve() / out_dir.name):
         raise IndexStoreError(f"the writer lock given is not held for {out_dir}; this is a bug")
     try:
@@ -82,7 +89,7 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
             clean_stale(out_dir)
             if out_dir.exists() and not force:
                 raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
-            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images)
+            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images, bank_vectors)
     except OSError as exc:
         raise IndexStoreError(
             f"cannot write {out_dir} ({exc.strerror or exc}); free some space, fix the folder's permissions or "
@@ -91,7 +98,7 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
 
 
 def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, bank_image_ids: np.ndarray | None,
-                    images: Sequence[tuple[str, str]] | None) -> IndexMetadata:
+                    images: Sequence[tuple[str, str]] | None, bank_vectors: np.ndarray | None) -> IndexMetadata:
     tmp = out_dir.parent / f"{_prefix(out_dir, TMP)}{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # mode from the umask (tempfile.mkdtemp's 0700 would hide the index from a server's other user)
     try:
@@ -109,6 +116,9 @@ def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, 
         if images is not None:
             (tmp / IMAGES_FILE).write_text("".join(f"{path}\t{digest}\n" for path, digest in images))
             sidecars[IMAGES_FILE] = sha256_file(tmp / IMAGES_FILE)
+        if bank_vectors is not None:
+            np.save(tmp / BANK_VECTORS_FILE, np.ascontiguousarray(bank_vectors, dtype=np.float32), allow_pickle=False)
+            sidecars[BANK_VECTORS_FILE] = sha256_file(tmp / BANK_VECTORS_FILE)
         for name in sidecars:
             fsync_file(tmp / name)
         metadata = dataclasses.replace(metadata, index_sha256=sha256_file(tmp / INDEX_FILE), sidecars=sidecars)
@@ -166,7 +176,7 @@ def save_result(out_dir: Path, result: BuildResult, force: bool = False,
                 lock: WriterLock | None = None) -> IndexMetadata:
     """Save what build_index returned: index, metadata and both sidecars."""
     return save(out_dir, result.index, result.metadata, force, lock, bank_image_ids=result.bank_image_ids,
-                images=result.images)
+                images=result.images, bank_vectors=result.bank_vectors)
 
 
 def write_metadata(index_dir: Path, metadata: IndexMetadata) -> None:
@@ -197,6 +207,34 @@ def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
     return ids
 
 
+def read_images(index_dir: Path, metadata: IndexMetadata) -> list[tuple[str, str]]:
+    """(relative path, sha256) of each bank image, by image id, checked against its sha256."""
+    path = Path(index_dir) / IMAGES_FILE
+    expected = metadata.sidecars.get(IMAGES_FILE)
+    if expected is None or not path.is_file() or sha256_file(path) != expected:
+        raise IndexStoreError(f"{path} is missing or corrupt (or the index predates schema 2); rebuild it with "
+                              "patchcore-build-index --force")
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    if any(len(r) != 2 for r in rows):
+        raise IndexStoreError(f"{path} has lines that are not 'path<TAB>sha256'; rebuild it with "
+                              "patchcore-build-index --force")
+    return [(r[0], r[1]) for r in rows]
+
+
+def read_bank_vectors(index_dir: Path, metadata: IndexMetadata, index: faiss.Index) -> np.ndarray:
+    """(M, D) float32 memory bank: read back from a flat index, else from the bank_vectors.npy sidecar."""
+    if metadata.config.index.kind == "flat":
+        return index.reconstruct_n(0, index.ntotal)
+    path = Path(index_dir) / BANK_VECTORS_FILE
+    expected = metadata.sidecars.get(BANK_VECTORS_FILE)
+    if expected is None or not path.is_file() or sha256_file(path) != expected:
+        raise IndexStoreError(f"{path} is missing or corrupt: a {metadata.config.index.kind} index needs it to be "
+                              "updated; rebuild it with patchcore-build-index --force")
+    bank = np.load(path, allow_pickle=False)
+    if bank.dtype != np.float32 or bank.shape != (metadata.bank_size, metadata.embedding_dim):
+        raise IndexStoreError(f"{path} holds {bank.dtype} {bank.shape}, expected float32 ({metadata.bank_size}, "
+                              f"{metadata.embedding_dim}); rebuild it with patchcore-build-index --force")
+    return bank
 
 
 def read_metadata(index_dir: Path) -> IndexMetadata:
@@ -246,10 +284,15 @@ def load_index(index_dir: Path) -> tuple[IndexMetadata, faiss.Index]:
     return metadata, index
 
 
-def load(index_dir: Path, device: str | torch.device = "cpu") -> IndexBundle:
-    """Load an index folder and rebuild its detector from the config stored in the metadata."""
+def load(index_dir: Path, device: str | torch.device = "cpu",
+         make_embedder: Callable[[PatchCoreConfig, str | torch.device], PatchEmbedder] = PatchEmbedder) -> IndexBundle:
+    """Load an index folder and rebuild its detector from the config stored in the metadata.
+
+    make_embedder(config, device) builds the extractor; a server's hot reload passes one that reuses the running
+    version's extractor when the config is the same (building one traces the backbone: torch.fx patches
+    nn.Module globally while it traces, which must not overlap a forward pass in another thread)."""
     metadata, index = load_index(index_dir)
-    embedder = PatchEmbedder(metadata.config, device)
+    embedder = make_embedder(metadata.config, device)
     if embedder.dim != metadata.embedding_dim or embedder.grid != metadata.grid:
         raise IndexStoreError(
             f"{metadata.config.backbone} now gives {embedder.dim}-d embeddings on a {embedder.grid} grid, but the "
