@@ -43,6 +43,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--reweight", action="store_true", help="paper eq. 7 image-score re-weighting")
     g.add_argument("--num-neighbors", type=int, default=DEFAULTS.num_neighbors, help="b of eq. 7")
+    g.add_argument("--tile", type=int, metavar="SIZE", help="cut pictures into SIZE x SIZE tiles at native resolution "
+                   "(high-resolution pictures, small defects); sets --image-size SIZE")
+    g.add_argument("--tile-overlap", type=float, default=DEFAULTS.tile_overlap, help="share of a tile that overlaps "
+                   f"its neighbour (default {DEFAULTS.tile_overlap})")
     i = parser.add_argument_group("index")
     i.add_argument("--index-type", choices=INDEX_KINDS, default="flat")
     for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m", "pq_nbits"):
@@ -70,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m, pq_nbits=args.pq_nbits,
     )
     config = PatchCoreConfig(
-        backbone=args.backbone, layers=layers, pretrained=not args.random_init, image_size=args.image_size,
+        backbone=args.backbone, layers=layers, pretrained=not args.random_init,
+        image_size=args.tile or args.image_size, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
         crop_size=args.crop_size or None, patch_size=args.patch_size, aggregation=args.aggregation,
         embedding_dim=args.embedding_dim, coreset_ratio=args.coreset_ratio,
         projection_dim=args.projection_dim or None, seed=args.seed, reweight=args.reweight,

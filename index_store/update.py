@@ -43,6 +43,7 @@ from index_store.build import (
     _relative,
     _Stages,
     embed_stream,
+    picture_grid,
     sample_ids,
 )
 from index_store.metadata import Lineage
@@ -80,7 +81,8 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
     if embedder.dim != parent.embedding_dim or embedder.grid != parent.grid:
         raise BuildError(f"{config.backbone} now gives {embedder.dim}-d embeddings on a {embedder.grid} grid, the "
                          f"index holds {parent.embedding_dim}-d on {parent.grid}; rebuild it with --force")
-    per_image = embedder.grid[0] * embedder.grid[1]
+    grid = picture_grid(paths, embedder)
+    per_image = grid[0] * grid[1]
     if len(paths) * per_image > _chunk_rows(per_image, options):
         raise BuildError(f"{len(paths)} new images x {per_image} patches is more than one chunk "
                          f"(--max-chunk-patches {options.max_chunk_patches}); add them in several updates, or rebuild")
@@ -99,6 +101,8 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
     used: list[tuple[Path, str]] = []
     n_duplicates = 0
     for emb, names in embed_stream(paths, embedder, options, on_skip, "embed new"):
+        if emb[0].size != per_image * embedder.dim:
+            raise BuildError(f"tiled index: the new pictures must have the size of the first ({names[0][0]} differs)")
         for j, (path, digest) in enumerate(names):
             if digest in known:
                 n_duplicates += 1
