@@ -73,3 +73,33 @@ def test_stitch_keeps_the_max_where_tiles_overlap_and_finds_a_spot():
     peak = np.unravel_index(np.argmax(grid), grid.shape)
     assert abs(peak[0] * 8 + 4 - 150) <= 8 and abs(peak[1] * 8 + 4 - 40) <= 8
     assert grid.max() == scores.max()  # the overlap keeps the largest
+
+
+def test_tiled_detector_equals_the_per_tile_reference_in_bounded_batches():
+    """The tiled detector's grid is the stitch of each tile scored on its own (slow reference), its image score the
+    grid's max, and the backbone never sees more than TILE_BATCH tiles at once."""
+    import faiss
+
+    from model import detector as detector_module
+    from model.calibration import calibrate
+    from model.config import PatchCoreConfig
+    from model.detector import Detector
+    from model.features import PatchEmbedder
+
+    config = PatchCoreConfig(pretrained=False, image_size=64, tile_size=64, tile_overlap=0.25)
+    embedder = PatchEmbedder(config)
+    index = faiss.IndexFlatL2(embedder.dim)
+    index.add(np.random.default_rng(0).standard_normal((50, embedder.dim)).astype(np.float32))
+    det = Detector(config, embedder, index, calibrate(np.array([1.0, 1.2, 1.1])))
+    image = np.random.default_rng(1).integers(0, 255, (150, 230, 3), dtype=np.uint8)
+    seen = []
+    original = embedder.embed_tensor
+    embedder.embed_tensor = lambda batch: seen.append(batch.shape[0]) or original(batch)
+    result = det.predict(image)
+    embedder.embed_tensor = original
+    assert max(seen) <= detector_module.TILE_BATCH and sum(seen) == tiling.n_tiles((150, 230), 64, 0.25)
+    per_tile = np.stack([det.patch_scores(embedder.embed([tiling.cut(image, b, 64)]))[0][0]
+                         for b in tiling.tile_boxes((150, 230), 64, 0.25)])
+    np.testing.assert_allclose(result.patch_scores, tiling.stitch(per_tile, (150, 230), 64, 0.25), rtol=1e-5)
+    assert result.image_score == pytest.approx(float(per_tile.max()), rel=1e-6)
+    assert result.anomaly_map.shape == (150, 230)
