@@ -78,6 +78,9 @@ class IndexInfo(BaseModel):
     index_sha256: str = Field("", description="sha256 of the served index.faiss: changes with every new version")
     parent_sha256: str | None = Field(None, description="index_sha256 of the version this one extends, if any")
     loaded_at: float = Field(0.0, description="Unix time this version was loaded (start-up or POST .../reload)")
+    tile_size: int | None = Field(None, description="tiled index: pictures are cut into tiles of this many pixels "
+                                  "at native resolution (image_size equals it); null: whole picture resized")
+    tile_overlap: float = Field(0.0, description="tiled index: share of a tile overlapping its neighbour")
 
 
 class ReloadResult(BaseModel):
