@@ -46,6 +46,8 @@ def test_update_extends_the_bank_by_the_greedy_continuation_and_records_the_line
     assert child.lineage.images_added == tuple(p.name for p in list_images(b))
     assert child.provenance.dataset_fingerprint != parent.provenance.dataset_fingerprint
     assert child.provenance.n_train_images == 16 and child.config == parent.config
+    if store.EXTRACTOR_FILE in parent.sidecars:  # the build wrote extractor.onnx (onnx installed): carried over
+        assert child.sidecars[store.EXTRACTOR_FILE] == parent.sidecars[store.EXTRACTOR_FILE]
 
     # The parent's bank is kept as it is; the new vectors are the greedy continuation over B's patches, seeded with
     # their distances to the parent's bank (checked against the slow reference greedy).

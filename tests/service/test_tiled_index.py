@@ -60,3 +60,35 @@ def test_evaluator_scores_with_the_tiled_detector(tiled_index, tmp_path):
     run = score_category(category, bundle.detector, eval_size=115, progress=False)
     assert run.scored[0].image_score == pytest.approx(bundle.detector.predict(_picture(9)).image_score, rel=1e-5)
     assert run.maps[0].shape == (75, 115)
+
+
+def test_tiled_index_runs_in_the_onnx_runtime_like_torch(tiled_index, tmp_path):
+    """The tiled detector goes through the extractor contract: extractor.onnx serves a tiled index too."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    import shutil
+
+    from index_store import onnx_export
+
+    copy = tmp_path / "tiled"
+    shutil.copytree(tiled_index / "indexes" / "tiled", copy)
+    assert onnx_export.main([str(copy)]) == 0
+    onnx_bundle, torch_bundle = store.load(copy, runtime="onnx"), store.load(copy, runtime="torch")
+    assert (onnx_bundle.runtime, torch_bundle.runtime) == ("onnx", "torch")
+    picture = _picture(9)
+    a, b = onnx_bundle.detector.predict(picture), torch_bundle.detector.predict(picture)
+    assert a.anomaly_map.shape == b.anomaly_map.shape == (150, 230)
+    assert a.image_score == pytest.approx(b.image_score, rel=1e-3)
+    np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-3)
+
+
+def test_tiled_builds_refuse_a_ray_streamer(tiled_index):
+    from index_store.build import BuildError
+
+    config = PatchCoreConfig(pretrained=False, image_size=64, tile_size=64, tile_overlap=0.25, coreset_ratio=0.1)
+    paths = [tiled_index / f"good{i}.png" for i in range(4)]
+
+    def streamer(*args):
+        raise AssertionError("a tiled build must not reach the streamer")
+
+    with pytest.raises(BuildError, match="not on a Ray cluster"):
+        build_index(paths, config, BuildOptions(progress=False), streamer=streamer)
