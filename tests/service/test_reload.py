@@ -163,3 +163,35 @@ def test_no_request_fails_during_reloads_and_a_corrupt_version_is_refused(served
     assert set(version.tolist()) == {1, 2, 3}
     overlapping = [a for a in answers if a[0] < r1_end and a[1] > r1_start]
     assert overlapping, "no request ran while the reload did"
+
+
+def test_reload_keeps_the_servers_runtime_choice(served):
+    """A server started on onnx reloads onto the new version's extractor.onnx; one forced to torch stays on torch and
+    reuses its extractor."""
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from index_store import onnx_export
+
+    folder, _ = served
+    assert onnx_export.main([str(folder)]) == 0
+    onnx_bytes = (folder / store.EXTRACTOR_FILE).read_bytes()
+    onnx_registry, torch_registry = IndexRegistry(), IndexRegistry()
+    onnx_registry.load_all(folder, "cpu", warmup=False, runtime="auto")
+    torch_registry.load_all(folder, "cpu", warmup=False, runtime="torch")
+    for registry in (onnx_registry, torch_registry):
+        registry.ready = True
+    assert onnx_registry.get("disc")[1].runtime == "onnx" and torch_registry.get("disc")[1].runtime == "torch"
+
+    meta, index = store.load_index(folder)  # version 2: another bank, the same extractor.onnx
+    bank = index.reconstruct_n(0, index.ntotal) * np.float32(1.5)
+    new = faiss.IndexFlatL2(index.d)
+    new.add(np.ascontiguousarray(bank))
+    meta = dataclasses.replace(meta, bank_size=int(new.ntotal), sidecars={},
+                               lineage=Lineage(version=2, parent_sha256=meta.index_sha256))
+    store.save(folder, new, meta, force=True, extra_files={store.EXTRACTOR_FILE: onnx_bytes})
+
+    old, fresh = onnx_registry.reload("disc", "cpu", warmup=False)
+    assert fresh.runtime == "onnx" and fresh.metadata.lineage.version == 2
+    expected = store.load(folder, runtime="onnx").detector.score(_probe_image()).image_score
+    assert fresh.detector.score(_probe_image()).image_score == pytest.approx(expected, abs=1e-5)
+    old, fresh = torch_registry.reload("disc", "cpu", warmup=False)
+    assert fresh.runtime == "torch" and fresh.detector.embedder is old.detector.embedder
