@@ -42,6 +42,9 @@ DECODE_CPUS = 0.1  # reading + decoding is light next to the backbone; the actor
 def build_index_ray(paths: list[Path], config: PatchCoreConfig, options: BuildOptions, ray_options: RayOptions,
                     root: Path | None = None) -> BuildResult:
     """index_store.build.build_index with the training images streamed through a Ray cluster."""
+    if config.tile_size is not None:  # before connecting: the actors embed whole pictures, one grid each
+        raise BuildError("tiled builds (--tile) run in this process only, not on a Ray cluster; build without --ray, "
+                         "or without --tile")
     started_here = not ray.is_initialized()
     t = time.perf_counter()
     if started_here:

@@ -83,6 +83,7 @@ class BuildResult:
     bank_image_ids: np.ndarray  # (M,) int32: the source image of each memory-bank vector, a row of `images`
     images: tuple[tuple[str, str], ...]  # (path relative to the data root, sha256) of each bank image, by id
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    bank_vectors: np.ndarray | None = None  # (M, D) float32, kept (as a sidecar) where the index cannot give it back
 
 
 @dataclass
@@ -143,10 +144,10 @@ def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip:
         batch.append(image)
         names.append((path, digest))
         if len(batch) == options.batch_size:
-            yield embedder.embed(batch), names
+            yield embedder.embed_pictures(batch), names
             batch, names = [], []
     if batch:
-        yield embedder.embed(batch), names
+        yield embedder.embed_pictures(batch), names
     bar.close()
 
 
@@ -156,8 +157,9 @@ def build_index(
 ) -> BuildResult:
     """Build the memory bank of `paths` (good images) and calibrate it; nothing is written to disk here.
 
-    streamer: what turns the training images into a Streamed bank, with _stream_coreset's arguments; this process
-    by default, a Ray cluster with distributed.ray_build."""
+    streamer: what turns the training images into a Streamed bank, with _stream_coreset's arguments but the grid;
+    this process by default, a Ray cluster with distributed.ray_build (untiled configs only: a tiled build with a
+    streamer is refused)."""
     started, stages = time.perf_counter(), _Stages()
     paths = list(dict.fromkeys(paths))
     if not paths:
@@ -168,7 +170,8 @@ def build_index(
     embedder = PatchEmbedder(config, options.device)
     stages.add("load_model", time.perf_counter() - t)
     stages.done("load_model")
-    per_image = embedder.grid[0] * embedder.grid[1]
+    grid = picture_grid(paths, embedder)
+    per_image = grid[0] * grid[1]
     chunked = len(paths) * per_image > _chunk_rows(per_image, options)
     held_out: list[Path] = []
     if chunked and not options.calibration_paths:  # see the module docstring
@@ -188,7 +191,13 @@ def build_index(
         skipped.append(str(error))
         log.warning("skipping: %s", error)
 
-    streamed = (streamer or _stream_coreset)(paths, embedder, config, options, on_skip, stages, k_max)
+    if streamer is None:
+        streamed = _stream_coreset(paths, embedder, grid, config, options, on_skip, stages, k_max)
+    elif config.tile_size is not None:
+        raise BuildError("tiled builds (--tile) run in this process only, not on a Ray cluster; build without --ray, "
+                         "or without --tile")
+    else:
+        streamed = streamer(paths, embedder, config, options, on_skip, stages, k_max)
     t = time.perf_counter()
     index = knn.build_index(streamed.bank, config.index, config.seed)
     stages.add("index", time.perf_counter() - t)
@@ -223,7 +232,8 @@ def build_index(
         coreset_method=streamed.method, index_sha256="", calibration=calibration, provenance=provenance,
     )
     return BuildResult(index=index, metadata=metadata, bank_image_ids=streamed.bank_image_ids, images=images,
-                       stage_seconds=dict(stages.seconds))
+                       stage_seconds=dict(stages.seconds),
+                       bank_vectors=None if config.index.kind == "flat" else streamed.bank)
 
 
 def _chunk_rows(per_image: int, options: BuildOptions) -> int:
@@ -250,10 +260,28 @@ def greedy_continuation(new: np.ndarray, bank: np.ndarray, k: int, config: Patch
                           initial=initial)
 
 
-def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_max) -> Streamed:
+def picture_grid(paths: Sequence[Path], embedder: PatchEmbedder) -> tuple[int, int]:
+    """Rows x columns of patch embeddings per training picture: the embedder's grid, or with tiling (model.tiling)
+    n_tiles x h rows of w, n_tiles from the first picture's size (tiled builds need pictures of one size)."""
+    cfg = embedder.config
+    if cfg.tile_size is None:
+        return embedder.grid
+    from imaging.decode import read_image
+    from model import tiling
+
+    for path in paths:
+        try:
+            hw = read_image(path)[0].shape[:2]
+        except PatchCoreError:
+            continue
+        return tiling.n_tiles(hw, cfg.tile_size, cfg.tile_overlap) * embedder.grid[0], embedder.grid[1]
+    raise BuildError("none of the training images could be read; check the files")
+
+
+def _stream_coreset(train_paths, embedder, grid, config, options, on_skip, stages, k_max) -> Streamed:
     """Stream embeddings into the buffer, extend the bank chunk by chunk if needed, and return the bank with the
     source image of each of its vectors."""
-    per_image = embedder.grid[0] * embedder.grid[1]
+    per_image = grid[0] * grid[1]
     total = len(train_paths) * per_image
     chunk = _chunk_rows(per_image, options)
     sequential = total > chunk
@@ -279,6 +307,9 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
 
     for emb, names in embed_stream(train_paths, embedder, options, on_skip, "embed"):
         rows = emb.reshape(-1, embedder.dim)  # (B, h, w, D) -> (B*h*w, D)
+        if rows.shape[0] != len(names) * per_image:  # tiled: a picture of another size
+            raise BuildError(f"tiled builds need pictures of one size; {names[0][0]} and its batch give "
+                             f"{rows.shape[0] // len(names)} patches per picture, the first gave {per_image}")
         if sequential and fill + rows.shape[0] > capacity:
             extend_bank()
         buffer[fill : fill + rows.shape[0]] = rows
@@ -294,7 +325,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
         if fill > banked:
             extend_bank()  # times itself
         stages.done("coreset")
-        return Streamed(buffer[:banked].copy(), owner[:banked].copy(), used, None, embedder.grid, n_seen,
+        return Streamed(buffer[:banked].copy(), owner[:banked].copy(), used, None, grid, n_seen,
                         f"sequential(chunks={n_chunks})")
     t = time.perf_counter()
     k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
@@ -302,7 +333,7 @@ def _stream_coreset(train_paths, embedder, config, options, on_skip, stages, k_m
                             seed=config.seed)
     stages.add("coreset", time.perf_counter() - t)
     stages.done("coreset")
-    return Streamed(buffer[picked], owner[picked], used, buffer[:fill], embedder.grid, n_seen, "single-pass")
+    return Streamed(buffer[picked], owner[picked], used, buffer[:fill], grid, n_seen, "single-pass")
 
 
 def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stages, cluster) -> Provenance:

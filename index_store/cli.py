@@ -47,6 +47,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--reweight", action="store_true", help="paper eq. 7 image-score re-weighting")
     g.add_argument("--num-neighbors", type=int, default=DEFAULTS.num_neighbors, help="b of eq. 7")
+    g.add_argument("--tile", type=int, metavar="SIZE", help="cut pictures into SIZE x SIZE tiles at native resolution "
+                   "(high-resolution pictures, small defects); sets --image-size SIZE")
+    g.add_argument("--tile-overlap", type=float, default=DEFAULTS.tile_overlap, help="share of a tile that overlaps "
+                   f"its neighbour (default {DEFAULTS.tile_overlap})")
     i = parser.add_argument_group("index")
     i.add_argument("--index-type", choices=INDEX_KINDS, default="flat")
     for name in ("nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m", "pq_nbits"):
@@ -74,7 +78,8 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         ef_construction=args.ef_construction, ef_search=args.ef_search, pq_m=args.pq_m, pq_nbits=args.pq_nbits,
     )
     config = PatchCoreConfig(
-        backbone=args.backbone, layers=layers, pretrained=not args.random_init, image_size=args.image_size,
+        backbone=args.backbone, layers=layers, pretrained=not args.random_init,
+        image_size=args.tile or args.image_size, tile_size=args.tile or None, tile_overlap=args.tile_overlap,
         crop_size=args.crop_size or None, patch_size=args.patch_size, aggregation=args.aggregation,
         embedding_dim=args.embedding_dim, coreset_ratio=args.coreset_ratio,
         projection_dim=args.projection_dim or None, coreset_mode=args.coreset_mode, seed=args.seed,
@@ -92,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="patchcore-build-index", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder of good images, or an MVTec category root")
     parser.add_argument("--out", type=Path, required=True, help="index folder to write")
+    parser.add_argument("--update", type=Path, metavar="INDEX", help="add --data's good images to the index INDEX "
+                        "as its next version (see patchcore-build-index --update X --help)")
     parser.add_argument("--name", help="index name (default: the --out folder's name)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -110,6 +117,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--update" or a.startswith("--update=") for a in argv):  # its own options: index_store/update.py
+        from index_store import update
+
+        return update.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     try:

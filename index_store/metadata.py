@@ -47,6 +47,35 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where this version of an index comes from: a fresh build is version 1; each `patchcore-build-index --update`
+    makes the next version from its parent. Added within schema 2, backward compatible: a record without it reads
+    as version 1 with no parent."""
+
+    version: int = 1
+    parent_sha256: str | None = None  # index_sha256 of the version this one extends
+    parent_dataset_fingerprint: str | None = None
+    images_added: tuple[str, ...] = ()  # relative paths of the good images this version added to its parent
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "parent_sha256": self.parent_sha256,
+                "parent_dataset_fingerprint": self.parent_dataset_fingerprint, "images_added": list(self.images_added)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Lineage:
+        data = dict(data or {})
+        unknown = sorted(set(data) - {"version", "parent_sha256", "parent_dataset_fingerprint", "images_added"})
+        if unknown:
+            raise ValueError(f"unknown lineage keys {unknown}")
+        version = int(data.get("version", 1))
+        if version < 1:
+            raise ValueError(f"lineage version must be >= 1, got {version}")
+        return cls(version=version, parent_sha256=data.get("parent_sha256"),
+                   parent_dataset_fingerprint=data.get("parent_dataset_fingerprint"),
+                   images_added=tuple(str(p) for p in data.get("images_added", ())))
+
+
+@dataclass(frozen=True)
 class IndexMetadata:
     schema_version: int
     name: str
@@ -60,12 +89,14 @@ class IndexMetadata:
     calibration: Calibration
     provenance: Provenance
     sidecars: dict[str, str] = field(default_factory=dict)  # file name in the index folder -> its sha256
+    lineage: Lineage = field(default_factory=Lineage)
 
     def to_json(self) -> str:
         data = asdict(self)
         data["config"] = self.config.to_dict()
         data["calibration"] = self.calibration.to_dict()
         data["grid"] = list(self.grid)
+        data["lineage"] = self.lineage.to_dict()
         return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
@@ -100,6 +131,7 @@ class IndexMetadata:
                 calibration=Calibration.from_dict(data["calibration"]),
                 provenance=Provenance(**data["provenance"]),
                 sidecars={str(k): str(v) for k, v in data.get("sidecars", {}).items()},
+                lineage=Lineage.from_dict(data.get("lineage")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise MetadataError(

@@ -1,7 +1,8 @@
 """Save and load a memory bank: DIR/index.faiss (faiss.write_index) + DIR/metadata.json, and the sidecars
-DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle) and DIR/images.tsv (one
-"relative path<TAB>sha256" line per bank image, its line number being its id), and DIR/extractor.onnx when exported
-(index_store/onnx_export.py). No pickle anywhere.
+DIR/bank_image_ids.npy (int32, the source image of each bank vector; np.save, no pickle), DIR/images.tsv (one
+"relative path<TAB>sha256" line per bank image, its line number being its id), for index kinds that do not keep
+the exact vectors readable (anything but flat) DIR/bank_vectors.npy (float32 (M, D): what an update extends), and
+DIR/extractor.onnx when exported (index_store/onnx_export.py). No pickle anywhere.
 
 Saving is atomic: everything is written into a temporary sibling folder (.DIR.tmp-*), which is then swapped with
 DIR in one step (renameat2 RENAME_EXCHANGE), so a build killed at any point never leaves a half-written index, and an
@@ -21,7 +22,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from index_store.atomic import WriterLock, exchange, fsync_dir, fsync_file
 from index_store.metadata import IndexMetadata, MetadataError
 from index_store.weights import sha256_file  # weights.py stays standalone: the Docker build runs it alone
 from model import knn
+from model.config import PatchCoreConfig
 from model.detector import Detector
 from model.errors import PatchCoreError
 from model.extractor import RUNTIMES, Extractor
@@ -44,8 +46,10 @@ INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.json"
 BANK_IDS_FILE = "bank_image_ids.npy"
 IMAGES_FILE = "images.tsv"
+BANK_VECTORS_FILE = "bank_vectors.npy"
 EXTRACTOR_FILE = "extractor.onnx"
 RUNTIME_CHOICES = ("auto", *RUNTIMES)
+RESERVED_FILES = (INDEX_FILE, METADATA_FILE, BANK_IDS_FILE, IMAGES_FILE, BANK_VECTORS_FILE)  # not extra files
 TMP, OLD = "tmp", "old"  # sibling folders .NAME.tmp-* (being written) and .NAME.old-* (fallback swap)
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ class IndexBundle:
 def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool = False,
          lock: WriterLock | None = None, *, bank_image_ids: np.ndarray | None = None,
          images: Sequence[tuple[str, str]] | None = None,
+         bank_vectors: np.ndarray | None = None,
          extra_files: Mapping[str, bytes] | None = None) -> IndexMetadata:
     """Write the index, its sidecars (when given; ``extra_files``: more sidecars by file name, e.g. extractor.onnx)
     and its metadata atomically; returns the metadata as written (with the sha256 of the index and of every sidecar).
@@ -84,6 +89,8 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
         raise IndexStoreError(f"index ({index.ntotal} x {index.d}) does not match its metadata; this is a bug")
     if bank_image_ids is not None and len(bank_image_ids) != index.ntotal:
         raise IndexStoreError(f"{len(bank_image_ids)} bank image ids for {index.ntotal} vectors; this is a bug")
+    if bank_vectors is not None and bank_vectors.shape != (index.ntotal, index.d):
+        raise IndexStoreError(f"bank vectors {bank_vectors.shape} for a {index.ntotal} x {index.d} index; this is a bug")
     if lock is not None and (not lock.held or lock.out_dir != out_dir.parent.resolve() / out_dir.name):
         raise IndexStoreError(f"the writer lock given is not held for {out_dir}; this is a bug")
     try:
@@ -91,7 +98,7 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
             clean_stale(out_dir)
             if out_dir.exists() and not force:
                 raise IndexStoreError(f"{out_dir} already exists; pass --force to replace it, or choose another --out")
-            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images, extra_files or {})
+            return _write_and_swap(out_dir, index, metadata, bank_image_ids, images, bank_vectors, extra_files or {})
     except OSError as exc:
         raise IndexStoreError(
             f"cannot write {out_dir} ({exc.strerror or exc}); free some space, fix the folder's permissions or "
@@ -100,7 +107,8 @@ def save(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, force: bool
 
 
 def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, bank_image_ids: np.ndarray | None,
-                    images: Sequence[tuple[str, str]] | None, extra_files: Mapping[str, bytes]) -> IndexMetadata:
+                    images: Sequence[tuple[str, str]] | None, bank_vectors: np.ndarray | None,
+                    extra_files: Mapping[str, bytes]) -> IndexMetadata:
     tmp = out_dir.parent / f"{_prefix(out_dir, TMP)}{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # mode from the umask (tempfile.mkdtemp's 0700 would hide the index from a server's other user)
     try:
@@ -118,8 +126,11 @@ def _write_and_swap(out_dir: Path, index: faiss.Index, metadata: IndexMetadata, 
         if images is not None:
             (tmp / IMAGES_FILE).write_text("".join(f"{path}\t{digest}\n" for path, digest in images))
             sidecars[IMAGES_FILE] = sha256_file(tmp / IMAGES_FILE)
+        if bank_vectors is not None:
+            np.save(tmp / BANK_VECTORS_FILE, np.ascontiguousarray(bank_vectors, dtype=np.float32), allow_pickle=False)
+            sidecars[BANK_VECTORS_FILE] = sha256_file(tmp / BANK_VECTORS_FILE)
         for name, data in extra_files.items():
-            if name in (INDEX_FILE, METADATA_FILE, BANK_IDS_FILE, IMAGES_FILE) or Path(name).name != name:
+            if name in RESERVED_FILES or Path(name).name != name:
                 raise IndexStoreError(f"cannot store an extra file named {name!r}; this is a bug")
             (tmp / name).write_bytes(data)
             sidecars[name] = sha256_file(tmp / name)
@@ -180,7 +191,7 @@ def save_result(out_dir: Path, result: BuildResult, force: bool = False,
                 lock: WriterLock | None = None, extra_files: Mapping[str, bytes] | None = None) -> IndexMetadata:
     """Save what build_index returned: index, metadata and both sidecars (plus ``extra_files``, see save)."""
     return save(out_dir, result.index, result.metadata, force, lock, bank_image_ids=result.bank_image_ids,
-                images=result.images, extra_files=extra_files)
+                images=result.images, bank_vectors=result.bank_vectors, extra_files=extra_files)
 
 
 def add_sidecar(index_dir: Path, name: str, data: bytes) -> IndexMetadata:
@@ -188,7 +199,7 @@ def add_sidecar(index_dir: Path, name: str, data: bytes) -> IndexMetadata:
     metadata.json; the file first, then the metadata, each replaced atomically under the writer lock. Killed
     between the two, the index loads as before (an unlisted file is never used). Returns the new metadata."""
     index_dir = Path(index_dir)
-    if name in (INDEX_FILE, METADATA_FILE, BANK_IDS_FILE, IMAGES_FILE) or Path(name).name != name:
+    if name in RESERVED_FILES or Path(name).name != name:
         raise IndexStoreError(f"cannot add a sidecar named {name!r}; this is a bug")
     try:
         with WriterLock(index_dir):
@@ -237,6 +248,34 @@ def read_bank_image_ids(index_dir: Path, metadata: IndexMetadata) -> np.ndarray:
     return ids
 
 
+def read_images(index_dir: Path, metadata: IndexMetadata) -> list[tuple[str, str]]:
+    """(relative path, sha256) of each bank image, by image id, checked against its sha256."""
+    path = Path(index_dir) / IMAGES_FILE
+    expected = metadata.sidecars.get(IMAGES_FILE)
+    if expected is None or not path.is_file() or sha256_file(path) != expected:
+        raise IndexStoreError(f"{path} is missing or corrupt (or the index predates schema 2); rebuild it with "
+                              "patchcore-build-index --force")
+    rows = [line.split("\t") for line in path.read_text().splitlines()]
+    if any(len(r) != 2 for r in rows):
+        raise IndexStoreError(f"{path} has lines that are not 'path<TAB>sha256'; rebuild it with "
+                              "patchcore-build-index --force")
+    return [(r[0], r[1]) for r in rows]
+
+
+def read_bank_vectors(index_dir: Path, metadata: IndexMetadata, index: faiss.Index) -> np.ndarray:
+    """(M, D) float32 memory bank: read back from a flat index, else from the bank_vectors.npy sidecar."""
+    if metadata.config.index.kind == "flat":
+        return index.reconstruct_n(0, index.ntotal)
+    path = Path(index_dir) / BANK_VECTORS_FILE
+    expected = metadata.sidecars.get(BANK_VECTORS_FILE)
+    if expected is None or not path.is_file() or sha256_file(path) != expected:
+        raise IndexStoreError(f"{path} is missing or corrupt: a {metadata.config.index.kind} index needs it to be "
+                              "updated; rebuild it with patchcore-build-index --force")
+    bank = np.load(path, allow_pickle=False)
+    if bank.dtype != np.float32 or bank.shape != (metadata.bank_size, metadata.embedding_dim):
+        raise IndexStoreError(f"{path} holds {bank.dtype} {bank.shape}, expected float32 ({metadata.bank_size}, "
+                              f"{metadata.embedding_dim}); rebuild it with patchcore-build-index --force")
+    return bank
 
 
 def read_metadata(index_dir: Path) -> IndexMetadata:
@@ -287,17 +326,25 @@ def load_index(index_dir: Path) -> tuple[IndexMetadata, faiss.Index]:
     return metadata, index
 
 
-def load(index_dir: Path, device: str = "cpu", runtime: str = "auto", threads: int | None = None) -> IndexBundle:
+def load(index_dir: Path, device: str = "cpu", runtime: str = "auto", threads: int | None = None,
+         make_embedder: Callable[[PatchCoreConfig, str], Extractor] | None = None) -> IndexBundle:
     """Load an index folder and rebuild its detector from the config stored in the metadata.
 
     runtime: "torch" (torchvision's backbone), "onnx" (onnxruntime on the index's extractor.onnx) or "auto" (onnx
     when extractor.onnx is listed in the metadata and onnxruntime is installed, else torch). threads: onnxruntime's
     intra-op threads (torch's are set process-wide by index_store.runtime.configure_threads).
+
+    make_embedder(config, device) builds the torch extractor (default: a new PatchEmbedder); a server's hot reload
+    passes one that reuses the running version's extractor when the config is the same (building one traces the
+    backbone: torch.fx patches nn.Module globally while it traces, which must not overlap a forward pass in another
+    thread). The onnx runtime always builds its own session from the index's extractor.onnx.
     """
     metadata, index = load_index(index_dir)
     chosen = resolve_runtime(runtime, Path(index_dir), metadata)
-    embedder = _onnx_extractor(Path(index_dir), metadata, device, threads) if chosen == "onnx" else \
-        _torch_extractor(metadata, device)
+    if chosen == "onnx":
+        embedder = _onnx_extractor(Path(index_dir), metadata, device, threads)
+    else:
+        embedder = (make_embedder or _torch_extractor)(metadata.config, device)
     if embedder.dim != metadata.embedding_dim or embedder.grid != metadata.grid:
         raise IndexStoreError(
             f"{metadata.config.backbone} ({chosen} runtime) now gives {embedder.dim}-d embeddings on a "
@@ -341,10 +388,10 @@ def resolve_runtime(runtime: str, index_dir: Path, metadata: IndexMetadata) -> s
     return runtime
 
 
-def _torch_extractor(metadata: IndexMetadata, device: str) -> Extractor:
+def _torch_extractor(config: PatchCoreConfig, device: str) -> Extractor:
     from model.features import PatchEmbedder
 
-    return PatchEmbedder(metadata.config, device)
+    return PatchEmbedder(config, device)
 
 
 def _onnx_extractor(index_dir: Path, metadata: IndexMetadata, device: str, threads: int | None) -> Extractor:
@@ -360,7 +407,22 @@ def _onnx_extractor(index_dir: Path, metadata: IndexMetadata, device: str, threa
     if hashlib.sha256(data).hexdigest() != metadata.sidecars[EXTRACTOR_FILE]:  # replaced since load_index read it
         raise IndexStoreError(f"{path} changed while loading; load again, or re-export it with patchcore-export")
     extractor = OnnxExtractor(data, metadata.config, str(device), threads)
-    if json.dumps(extractor.model_config, sort_keys=True) != json.dumps(metadata.config.to_dict(), sort_keys=True):
+    if not _same_config(extractor.model_config, metadata.config):
         raise IndexStoreError(f"{path} was exported for another model config than {index_dir}'s metadata; re-export "
                               f"it with patchcore-export {index_dir}")
     return extractor
+
+
+def _same_config(exported: object, config: PatchCoreConfig) -> bool:
+    """Whether the config embedded in extractor.onnx is the index's. Compared as configs, defaults filled in, so a
+    file exported before a config field was added (e.g. tile_size, at its default) still matches."""
+    import json
+
+    if json.dumps(exported, sort_keys=True) == json.dumps(config.to_dict(), sort_keys=True):
+        return True
+    if not isinstance(exported, dict):
+        return False
+    try:
+        return PatchCoreConfig.from_dict(exported) == config
+    except (PatchCoreError, TypeError, ValueError):
+        return False

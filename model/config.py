@@ -90,6 +90,11 @@ class PatchCoreConfig:
     num_neighbors: int = 9
     # Anomaly map: bilinear upsampling to the crop, then Gaussian blur (paper: sigma = 4).
     blur_sigma: float = 4.0
+    # Tiling for high-resolution pictures (model/tiling.py): None inspects the whole picture resized to image_size.
+    # A size cuts every picture into tile_size x tile_size tiles at native resolution (image_size must equal it),
+    # overlapping by tile_overlap; the bank covers tile patches and the patch scores are stitched over the picture.
+    tile_size: int | None = None
+    tile_overlap: float = 0.25
     index: IndexConfig = field(default_factory=IndexConfig)
 
     def __post_init__(self) -> None:
@@ -128,6 +133,14 @@ class PatchCoreConfig:
             raise ConfigError(f"num_neighbors must be >= 1, got {self.num_neighbors}")
         if self.blur_sigma < 0:
             raise ConfigError(f"blur_sigma must be >= 0, got {self.blur_sigma}")
+        if self.tile_size is not None:
+            if self.tile_size != self.image_size or self.crop_size is not None:
+                raise ConfigError(f"tiles are embedded at native resolution: image_size must equal tile_size "
+                                  f"({self.tile_size}) and crop_size be None, got {self.image_size} / {self.crop_size}")
+            if self.reweight:
+                raise ConfigError("reweight (paper eq. 7) is not implemented for tiled configs; drop --reweight")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise ConfigError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
         if isinstance(self.index, dict):
             object.__setattr__(self, "index", IndexConfig(**self.index))
 

@@ -16,12 +16,15 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from model import heatmap, knn, scoring
+from model import heatmap, knn, scoring, tiling
 from model.calibration import Calibration, is_anomalous, normalise
 from model.config import PatchCoreConfig
 from model.errors import InputError
 from model.extractor import Extractor
 from model.preprocess import check_image, pixels
+
+
+TILE_BATCH = 8  # tiles per backbone pass in tiled configs: bounds the memory for any picture size
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class ImageScore:
     normalised_score: float  # 0.5 at the threshold
     is_anomalous: bool
     threshold: float
-    patch_scores: np.ndarray  # (h, w) float32, L2 distances
+    patch_scores: np.ndarray  # (h, w) float32, L2 distances (tiled configs: the stitched grid over the picture)
     image_hw: tuple[int, int]  # (H, W) of the picture that was scored
     timings_ms: dict[str, float] = field(default_factory=dict)  # this image's share of the batch's stages
 
@@ -80,9 +83,12 @@ class Detector:
         return out
 
     def score_batch(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
-        """Score (H_i, W_i, 3) uint8 RGB images in one backbone pass."""
+        """Score (H_i, W_i, 3) uint8 RGB images in one backbone pass (tiled configs: tile by tile, see
+        _score_tiled)."""
         if not images:
             return []
+        if self.config.tile_size is not None:
+            return [self._score_tiled(check_image(image)) for image in images]
         t0 = time.perf_counter()
         batch = pixels(images, self.config)  # (B, S, S, 3) uint8
         t1 = time.perf_counter()
@@ -112,6 +118,31 @@ class Detector:
             )
             for i in range(n)
         ]
+
+    def _score_tiled(self, image: np.ndarray) -> ImageScore:
+        """One picture cut into native-resolution tiles (model.tiling), TILE_BATCH tiles per backbone pass, so the
+        memory stays bounded whatever the picture's size; patch scores stitched over the picture, image score =
+        their max (s*, paper eq. 6, over the whole picture)."""
+        cfg = self.config
+        timings = dict.fromkeys(("preprocess", "backbone", "search", "score"), 0.0)
+        parts = []
+        for tiles in tiling.iter_tiles(image, cfg.tile_size, cfg.tile_overlap, TILE_BATCH):
+            t0 = time.perf_counter()
+            batch = pixels(list(tiles), cfg)  # (k, S, S, 3) uint8; tile_size == image_size: no resize
+            t1 = time.perf_counter()
+            embeddings = self.embedder.embed_pixels(batch)  # (k, h, w, D), whichever runtime (torch or onnx)
+            t2 = time.perf_counter()
+            parts.append(self.patch_scores(embeddings)[0])  # (k, h, w)
+            t3 = time.perf_counter()
+            for name, dt in (("preprocess", t1 - t0), ("backbone", t2 - t1), ("search", t3 - t2)):
+                timings[name] += dt * 1e3
+        t0 = time.perf_counter()
+        grid = tiling.stitch(np.concatenate(parts), image.shape[:2], cfg.tile_size, cfg.tile_overlap)
+        raw = float(grid.max())
+        timings["score"] = (time.perf_counter() - t0) * 1e3
+        return ImageScore(image_score=raw, normalised_score=float(normalise(raw, self.calibration)),
+                          is_anomalous=is_anomalous(raw, self.calibration), threshold=self.calibration.threshold,
+                          patch_scores=grid, image_hw=(int(image.shape[0]), int(image.shape[1])), timings_ms=timings)
 
     def score(self, image: np.ndarray) -> ImageScore:
         return self.score_batch([check_image(image)])[0]

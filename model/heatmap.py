@@ -84,4 +84,17 @@ def to_original(map_s: np.ndarray, image_hw: tuple[int, int], config: PatchCoreC
 
 def anomaly_map(patch_scores: np.ndarray, image_hw: tuple[int, int], config: PatchCoreConfig) -> np.ndarray:
     """(h, w) patch scores -> (H, W) float32 anomaly map in patch-score units, on the original image."""
+    if config.tile_size is not None:
+        return tiled_map(patch_scores, image_hw, config)
     return to_original(input_map(patch_scores, config), image_hw, config)
+
+
+def tiled_map(grid: np.ndarray, image_hw: tuple[int, int], config: PatchCoreConfig) -> np.ndarray:
+    """Tiled configs: the stitched (Gh, Gw) grid covers the whole picture at native resolution -> bilinear to (H, W),
+    then the blur, sigma in native pixels (the tiles are seen at native resolution, as untiled inputs are at S)."""
+    scores = np.asarray(grid, dtype=np.float32)
+    (gh, gw), (height, width) = scores.shape, (int(image_hw[0]), int(image_hw[1]))
+    up = _cols(_rows(scores, resize_taps(height, gh)), resize_taps(width, gw))  # (Gh, Gw) -> (H, Gw) -> (H, W)
+    if config.blur_sigma > 0:
+        up = gaussian_filter(up, sigma=config.blur_sigma, mode="reflect", truncate=4.0)
+    return up

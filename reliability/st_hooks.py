@@ -65,6 +65,10 @@ def map_case(context, case):
     if names and isinstance(case.query, dict) and isinstance(case.query.get("index"), str):
         choices = [*names * 3, case.query["index"]]
         case.query["index"] = choices[_pick(case.query["index"], len(choices))]
+    path = case.path_parameters
+    if names and isinstance(path, dict) and isinstance(path.get("name"), str):  # POST /indexes/{name}/reload
+        choices = [*names * 3, path["name"]]
+        path["name"] = choices[_pick(path["name"], len(choices))]
     return case
 
 

@@ -20,7 +20,7 @@ from fastapi import Depends, FastAPI
 from index_store import package_version
 from index_store.runtime import configure_threads
 from model.errors import PatchCoreError
-from service import routes
+from service import reload, routes
 from service.deps import require_api_key
 from service.errors import ServiceError, install_error_handlers
 from service.indexes import IndexRegistry
@@ -136,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.probes)
     app.include_router(routes.metrics_router, dependencies=[] if settings.public_metrics else keyed)
     app.include_router(routes.api, dependencies=keyed)
+    app.include_router(reload.router, dependencies=keyed)
     install_docs(app, settings, [] if settings.public_docs else keyed)
     install_page(app)  # GET / and /static/*: public, the page asks for the key itself
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limits(settings))

@@ -96,7 +96,10 @@ async def indexes(registry: RegistryDep) -> list[IndexInfo]:
             index_kind=cfg.index.kind, runtime=bundle.runtime, threshold=meta.calibration.threshold, score_std=meta.calibration.std,
             target_fpr=meta.calibration.target_fpr,
             n_train_images=meta.provenance.n_train_images, built_at=meta.provenance.built_at,
-            package_version=meta.provenance.package_version,
+            package_version=meta.provenance.package_version, version=meta.lineage.version,
+            index_sha256=meta.index_sha256, parent_sha256=meta.lineage.parent_sha256,
+            loaded_at=registry.loaded_at.get(name, 0.0), tile_size=cfg.tile_size,
+            tile_overlap=cfg.tile_overlap if cfg.tile_size is not None else 0.0,
         ))
     return out
 

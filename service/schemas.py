@@ -75,6 +75,25 @@ class IndexInfo(BaseModel):
     n_train_images: int
     built_at: str
     package_version: str = Field(description="version of the software that built the index")
+    version: int = Field(1, description="the index's version: 1 when built, +1 for each patchcore-build-index --update")
+    index_sha256: str = Field("", description="sha256 of the served index.faiss: changes with every new version")
+    parent_sha256: str | None = Field(None, description="index_sha256 of the version this one extends, if any")
+    loaded_at: float = Field(0.0, description="Unix time this version was loaded (start-up or POST .../reload)")
+    tile_size: int | None = Field(None, description="tiled index: pictures are cut into tiles of this many pixels "
+                                  "at native resolution (image_size equals it); null: whole picture resized")
+    tile_overlap: float = Field(0.0, description="tiled index: share of a tile overlapping its neighbour")
+
+
+class ReloadResult(BaseModel):
+    name: str
+    reloaded: bool = Field(description="false when the folder still held the version already served")
+    old_version: int
+    version: int
+    old_index_sha256: str
+    index_sha256: str
+    bank_size: int
+    threshold: float
+    seconds: float = Field(description="loading, warming up and swapping the new version")
 
 
 class Limits(BaseModel):

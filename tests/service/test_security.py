@@ -63,7 +63,7 @@ def test_the_contract_declares_the_key_only_when_one_is_set(disc_dir):
         spec = c.get("/openapi.json", headers={"X-API-Key": KEY}).json()
         assert spec["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
         secured = {path for path, ops in spec["paths"].items() if any("security" in op for op in ops.values())}
-        assert secured == {"/metrics", "/indexes", "/predict", "/predict/batch"}
+        assert secured == {"/metrics", "/indexes", "/indexes/{name}/reload", "/predict", "/predict/batch"}
 
 
 def test_the_contract_follows_the_limits_and_the_indexes(multi_client):
