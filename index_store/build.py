@@ -151,6 +151,18 @@ def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip:
     bar.close()
 
 
+
+def skip_recorder(options: BuildOptions, skipped: list[str]) -> Callable[[Exception], None]:
+    """What to do with an unreadable image: fail under --strict, else log it and append it to `skipped`."""
+
+    def on_skip(error: Exception) -> None:
+        if options.strict:
+            raise BuildError(f"{error} (run without --strict to skip unreadable files)")
+        skipped.append(str(error))
+        log.warning("skipping: %s", error)
+
+    return on_skip
+
 def build_index(
     paths: Sequence[Path], config: PatchCoreConfig, options: BuildOptions = BuildOptions(), root: Path | None = None,
     streamer: Callable[..., Streamed] | None = None,
@@ -184,12 +196,7 @@ def build_index(
         )
 
     skipped: list[str] = []
-
-    def on_skip(error: Exception) -> None:
-        if options.strict:
-            raise BuildError(f"{error} (run without --strict to skip unreadable files)")
-        skipped.append(str(error))
-        log.warning("skipping: %s", error)
+    on_skip = skip_recorder(options, skipped)
 
     if streamer is None:
         streamed = _stream_coreset(paths, embedder, grid, config, options, on_skip, stages, k_max)

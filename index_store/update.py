@@ -48,6 +48,7 @@ from index_store.build import (
     greedy_continuation,
     picture_grid,
     sample_ids,
+    skip_recorder,
 )
 from index_store.metadata import Lineage
 from model import knn
@@ -90,12 +91,7 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
                          f"(--max-chunk-patches {options.max_chunk_patches}); add them in several updates, or rebuild")
 
     skipped: list[str] = []
-
-    def on_skip(error: Exception) -> None:
-        if options.strict:
-            raise BuildError(f"{error} (run without --strict to skip unreadable files)")
-        skipped.append(str(error))
-        log.warning("skipping: %s", error)
+    on_skip = skip_recorder(options, skipped)
 
     # (n_new * per_image, D) new patch embeddings, image by image; duplicates of the parent's images are left out.
     t = time.perf_counter()
