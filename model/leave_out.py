@@ -29,8 +29,7 @@ from model.errors import ConfigError
 # Above this many bank vectors, the training patches' neighbour lists come from an IVF-Flat search of the bank
 # (a twelfth of the cells probed, 4 at least; the farthest 1 % of the patches searched again exactly): on screw
 # (2,048 vectors, 205 k patches) it finds the exact nearest vector of 99.6 % of the patches at a tenth of a flat
-# search's cost. A miss can only overstate a distance (a higher,
-# more cautious threshold).
+# search's cost. A miss can only overstate a distance (a higher, more cautious threshold).
 EXACT_ASSIGNMENT_MAX_BANK = 1000
 FAR_FRACTION = 0.01  # of the training patches, the farthest from the bank: searched exactly (the coverage radius)
 NEIGHBOURS = 8  # bank neighbours kept per training patch
@@ -73,6 +72,11 @@ class LeaveOneOut:
             sq[missing], out[missing] = s[:, 0], i[:, 0]
         return sq, out
 
+    def _foreign_to_own_rows(self, rows: slice, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """nearest_foreign for the training rows of image_id (rows = rows_of(image_id))."""
+        idx = np.arange(rows.start, rows.stop)
+        return self.nearest_foreign(idx, np.full(idx.size, image_id))
+
     def rows_of(self, image_id: int) -> slice:
         lo, hi = np.searchsorted(self.row_owners, [image_id, image_id + 1])
         return slice(int(lo), int(hi))
@@ -101,8 +105,7 @@ class LeaveOneOut:
         queries = knn.as_f32(queries)
         n = queries.shape[0]
         if rows is not None and k == 1:
-            idx = np.arange(rows.start, rows.stop)
-            sq, ids = self.nearest_foreign(idx, np.full(idx.size, image_id))
+            sq, ids = self._foreign_to_own_rows(rows, image_id)
             sq, ids = sq[:, None], ids[:, None]
         else:
             sq, ids = knn.search_excluding(self.index, queries, np.full(n, image_id), self.bank_owners, k=k)
@@ -121,8 +124,7 @@ class LeaveOneOut:
         rows = self.rows_of(image_id)
         patches = self.rows[rows]  # (h*w, D)
         if not reweight_neighbors:  # s* only: the distances, without gathering the neighbours
-            idx = np.arange(rows.start, rows.stop)
-            sq = self.nearest_foreign(idx, np.full(idx.size, image_id))[0].astype(np.float64)
+            sq = self._foreign_to_own_rows(rows, image_id)[0].astype(np.float64)
             if refill.shape[0]:
                 sq = np.minimum(sq, _sq_dists(patches, refill).min(axis=1))
             return float(np.sqrt(max(sq.max(), 0.0)))
@@ -163,7 +165,8 @@ def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray,
         # The farthest rows set the coverage radius (where the hole refill stops): search them exactly, so that a
         # missed neighbour cannot inflate it. A row left out of this has an IVF distance, hence an exact one, below
         # every row searched here.
-        far = np.argsort(sq[:, 0])[-max(1, int(FAR_FRACTION * rows.shape[0])):]
+        n_far = max(1, int(FAR_FRACTION * rows.shape[0]))
+        far = np.argpartition(sq[:, 0], rows.shape[0] - n_far)[-n_far:]
         exact = faiss.IndexFlatL2(bank.shape[1])
         exact.add(bank)
         sq[far], ids[far] = knn.search(exact, rows[far], k=k)
