@@ -49,7 +49,7 @@ from model.config import PatchCoreConfig
 from model.coreset import nearest_sq_distances
 from model.coreset_bounded import select_coreset
 from model.errors import PatchCoreError
-from model.features import PatchEmbedder
+from model.extractor import Extractor, embed_pictures
 
 log = logging.getLogger(__name__)
 MIN_BANK = 16
@@ -84,6 +84,7 @@ class BuildResult:
     images: tuple[tuple[str, str], ...]  # (path relative to the data root, sha256) of each bank image, by id
     stage_seconds: dict[str, float] = field(default_factory=dict)
     bank_vectors: np.ndarray | None = None  # (M, D) float32, kept (as a sidecar) where the index cannot give it back
+    extract_runtime: str = "torch"  # the extractor's runtime that embedded the images (onnx: an update, see update.py)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def split_held_out(paths: list[Path], calibration_images: int, seed: int) -> tup
     return [p for i, p in enumerate(paths) if i not in held], [p for i, p in enumerate(paths) if i in held]
 
 
-def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip: Callable, desc: str):
+def embed_stream(paths, embedder: Extractor, options: BuildOptions, on_skip: Callable, desc: str):
     """Yield (B, h, w, D) embeddings batch by batch, plus (path, sha256) of each image used."""
     from tqdm import tqdm
 
@@ -144,10 +145,10 @@ def embed_stream(paths, embedder: PatchEmbedder, options: BuildOptions, on_skip:
         batch.append(image)
         names.append((path, digest))
         if len(batch) == options.batch_size:
-            yield embedder.embed_pictures(batch), names
+            yield embed_pictures(embedder, batch), names
             batch, names = [], []
     if batch:
-        yield embedder.embed_pictures(batch), names
+        yield embed_pictures(embedder, batch), names
     bar.close()
 
 
@@ -179,6 +180,8 @@ def build_index(
     if options.calibration_images < MIN_CALIBRATION:
         raise BuildError(f"--calibration-images must be >= {MIN_CALIBRATION}, got {options.calibration_images}")
     t = time.perf_counter()
+    from model.features import PatchEmbedder  # torch: imported by the builds that embed with it, not by updates
+
     embedder = PatchEmbedder(config, options.device)
     stages.add("load_model", time.perf_counter() - t)
     stages.done("load_model")
@@ -267,7 +270,7 @@ def greedy_continuation(new: np.ndarray, bank: np.ndarray, k: int, config: Patch
                           initial=initial)
 
 
-def picture_grid(paths: Sequence[Path], embedder: PatchEmbedder) -> tuple[int, int]:
+def picture_grid(paths: Sequence[Path], embedder: Extractor) -> tuple[int, int]:
     """Rows x columns of patch embeddings per training picture: the embedder's grid, or with tiling (model.tiling)
     n_tiles x h rows of w, n_tiles from the first picture's size (tiled builds need pictures of one size)."""
     cfg = embedder.config
@@ -344,15 +347,12 @@ def _stream_coreset(train_paths, embedder, grid, config, options, on_skip, stage
 
 
 def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stages, cluster) -> Provenance:
-    import torch
-    import torchvision
-
     from index_store import package_version
 
     lines = sorted(f"{path}\t{digest}" for path, digest in read)
     return Provenance(
-        package_version=package_version(), torch_version=torch.__version__,
-        torchvision_version=torchvision.__version__, faiss_version=faiss.__version__,
+        package_version=package_version(), torch_version=_version("torch"),
+        torchvision_version=_version("torchvision"), faiss_version=faiss.__version__,
         numpy_version=np.__version__,
         dataset_fingerprint=hashlib.sha256("\n".join(lines).encode()).hexdigest(),
         n_images=n_images, n_skipped=len(skipped), n_train_images=n_used, n_calibration_images=n_calib,
@@ -361,6 +361,21 @@ def _provenance(read, n_images, skipped, n_used, n_calib, method, started, stage
         build_seconds=round(time.perf_counter() - started, 3), peak_rss_mb=round(peak_rss_mb(), 1),
         stage_seconds=dict(stages.seconds), cluster=dict(cluster),
     )
+
+
+def _version(package: str) -> str:
+    """A package's version without importing it (an update on the onnx runtime runs without torch): the imported
+    module's __version__ where it is loaded, else the installed distribution's, else "none"."""
+    import importlib.metadata
+    import sys
+
+    module = sys.modules.get(package)
+    if module is not None:
+        return str(module.__version__)
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def _relative(path: Path, root: Path | None) -> str:

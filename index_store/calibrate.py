@@ -17,7 +17,7 @@ import numpy as np
 
 from model.config import PatchCoreConfig
 from model.detector import Detector
-from model.features import PatchEmbedder
+from model.extractor import Extractor
 from model.leave_out import LeaveOneOut
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def score_left_out(index: faiss.Index, streamed: Streamed, image_ids: np.ndarray
     return loo.image_scores(image_ids, config.num_neighbors if config.reweight else None).tolist()
 
 
-def score_unseen(paths: list[Path], embedder: PatchEmbedder, index: faiss.Index, config: PatchCoreConfig,
+def score_unseen(paths: list[Path], embedder: Extractor, index: faiss.Index, config: PatchCoreConfig,
                  options: BuildOptions, on_skip: Callable) -> tuple[list[float], list[tuple[Path, str]]]:
     """Image scores of good images the bank never saw, plus (path, sha256) of each one read."""
     from index_store.build import embed_stream

@@ -19,7 +19,6 @@ from index_store.atomic import WriterLock
 from index_store.build import BuildOptions, build_index
 from imaging.decode import list_images
 from index_store.runtime import configure_threads, release_gpu_library_pages, return_freed_memory
-from model.backbone import BACKBONES, check_layers
 from model.calibration import DEFAULT_RULE, RULES
 from model.config import CORESET_MODES, INDEX_KINDS, IndexConfig, PatchCoreConfig
 from model.errors import PatchCoreError
@@ -30,6 +29,8 @@ DEFAULTS = PatchCoreConfig()
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that define the detector (shared with patchcore-evaluate)."""
+    from model.backbone import BACKBONES  # torch: not imported by `--update`, which can run on onnxruntime alone
+
     g = parser.add_argument_group("model")
     g.add_argument("--backbone", default=DEFAULTS.backbone, help=f"one of {', '.join(sorted(BACKBONES))}")
     g.add_argument("--layers", nargs="+", help="feature layers, shallow to deep (default: the backbone's pair)")
@@ -85,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> PatchCoreConfig:
         projection_dim=args.projection_dim or None, coreset_mode=args.coreset_mode, seed=args.seed,
         reweight=args.reweight, num_neighbors=args.num_neighbors, index=index,
     )
+    from model.backbone import check_layers
+
     check_layers(config)  # fail fast, before any image is read
     return config
 

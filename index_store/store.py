@@ -340,11 +340,7 @@ def load(index_dir: Path, device: str = "cpu", runtime: str = "auto", threads: i
     thread). The onnx runtime always builds its own session from the index's extractor.onnx.
     """
     metadata, index = load_index(index_dir)
-    chosen = resolve_runtime(runtime, Path(index_dir), metadata)
-    if chosen == "onnx":
-        embedder = _onnx_extractor(Path(index_dir), metadata, device, threads)
-    else:
-        embedder = (make_embedder or _torch_extractor)(metadata.config, device)
+    embedder = open_extractor(index_dir, metadata, runtime, device, threads, make_embedder)
     if embedder.dim != metadata.embedding_dim or embedder.grid != metadata.grid:
         raise IndexStoreError(
             f"{metadata.config.backbone} ({chosen} runtime) now gives {embedder.dim}-d embeddings on a "
@@ -352,6 +348,16 @@ def load(index_dir: Path, device: str = "cpu", runtime: str = "auto", threads: i
             "backbone code or weights changed: rebuild the index with patchcore-build-index --force"
         )
     return IndexBundle(Path(index_dir), metadata, Detector(metadata.config, embedder, index, metadata.calibration))
+
+
+def open_extractor(index_dir: Path, metadata: IndexMetadata, runtime: str = "auto", device: str = "cpu",
+                   threads: int | None = None,
+                   make_embedder: Callable[[PatchCoreConfig, str], Extractor] | None = None) -> Extractor:
+    """The extractor of a loaded index (load_index) in the chosen runtime (resolve_runtime): onnxruntime on its
+    checked extractor.onnx, or torch (make_embedder, default a new PatchEmbedder)."""
+    if resolve_runtime(runtime, Path(index_dir), metadata) == "onnx":
+        return _onnx_extractor(Path(index_dir), metadata, device, threads)
+    return (make_embedder or _torch_extractor)(metadata.config, device)
 
 
 def _installed(module: str) -> bool:

@@ -53,16 +53,19 @@ from index_store.build import (
 from index_store.metadata import Lineage
 from model import knn
 from model.calibration import calibrate as threshold_from
-from model.features import PatchEmbedder
 from model.leave_out import LeaveOneOut
 
 log = logging.getLogger(__name__)
 
 
 def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions = BuildOptions(),
-                 root: Path | None = None) -> BuildResult:
+                 root: Path | None = None, runtime: str = "auto", threads: int | None = None) -> BuildResult:
     """The next version of the index at index_dir with the good images `paths` added; nothing is written here.
-    options.name, calibration_paths and threshold_rule are not used: the parent's name, rule and target FPR stay."""
+    options.name, calibration_paths and threshold_rule are not used: the parent's name, rule and target FPR stay.
+
+    runtime: which extractor embeds the new images (store.open_extractor): "auto" takes the parent's own
+    extractor.onnx in onnxruntime when both are there (no torch import, the serving graph itself), else torch; both
+    give the builder's embeddings (tests/index_store/test_onnx.py: within 1e-4). threads: onnxruntime's."""
     started, stages = time.perf_counter(), _Stages()
     t = time.perf_counter()
     parent, index = store.load_index(index_dir)
@@ -79,8 +82,9 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
     if not paths:
         raise BuildError("no new images to add; pass a folder with PNG/JPEG/BMP/TIFF good images")
     t = time.perf_counter()
-    embedder = PatchEmbedder(config, options.device)
+    embedder = store.open_extractor(index_dir, parent, runtime, options.device, threads)
     stages.add("load_model", time.perf_counter() - t)
+    log.info("embedding the new images with the %s runtime", embedder.runtime)
     if embedder.dim != parent.embedding_dim or embedder.grid != parent.grid:
         raise BuildError(f"{config.backbone} now gives {embedder.dim}-d embeddings on a {embedder.grid} grid, the "
                          f"index holds {parent.embedding_dim}-d on {parent.grid}; rebuild it with --force")
@@ -160,7 +164,7 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
     )
     return BuildResult(index=new_index, metadata=metadata, bank_image_ids=new_owners, images=images,
                        stage_seconds=dict(stages.seconds),
-                       bank_vectors=None if config.index.kind == "flat" else new_bank)
+                       bank_vectors=None if config.index.kind == "flat" else new_bank, extract_runtime=embedder.runtime)
 
 
 def carried_sidecars(index_dir: Path) -> dict[str, bytes]:
@@ -200,6 +204,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--runtime", choices=list(store.RUNTIME_CHOICES), default="auto",
+                        help="extractor for the new images: auto = the index's extractor.onnx in onnxruntime when "
+                             "both are there (no torch), else torch")
     parser.add_argument("--calibration-images", type=int, default=BuildOptions().calibration_images,
                         help="new images scored leave-one-image-out (a seeded sample when there are more)")
     parser.add_argument("--strict", action="store_true")
@@ -210,7 +217,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     out = args.out or args.update
     try:
-        configure_threads(args.threads)
+        threads = configure_threads(args.threads)
         paths = list_images(args.data)
         if not paths:
             raise BuildError(f"no PNG/JPEG/BMP/TIFF images found under {args.data}; check the path")
@@ -220,7 +227,8 @@ def main(argv: list[str]) -> int:
         with WriterLock(out) as lock:
             if args.out is not None and args.out.exists() and not args.force:
                 raise store.IndexStoreError(f"{args.out} already exists; pass --force to replace it")
-            result = update_index(args.update, paths, options, root=args.data)
+            result = update_index(args.update, paths, options, root=args.data, runtime=args.runtime,
+                                  threads=threads)
             metadata = store.save_result(out, result, force=True, lock=lock,
                                          extra_files=carried_sidecars(args.update))
     except (PatchCoreError, ValueError, OSError) as exc:
@@ -230,7 +238,7 @@ def main(argv: list[str]) -> int:
         "out": str(out), "version": metadata.lineage.version, "parent_sha256": metadata.lineage.parent_sha256,
         "images_added": len(metadata.lineage.images_added), "bank_size": metadata.bank_size,
         "threshold": round(metadata.calibration.threshold, 4), "images": metadata.provenance.n_train_images,
-        "stage_seconds": metadata.provenance.stage_seconds, "build_seconds": metadata.provenance.build_seconds,
+        "runtime": result.extract_runtime, "stage_seconds": metadata.provenance.stage_seconds, "build_seconds": metadata.provenance.build_seconds,
     }
     print(json.dumps(summary) if args.json else "\n".join(f"{k:>20}: {v}" for k, v in summary.items()))
     return 0

@@ -11,6 +11,7 @@ The detector (model/detector.py) does not know which one it holds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -42,3 +43,26 @@ def check_pixels(pixels: np.ndarray, config: PatchCoreConfig) -> np.ndarray:
     if pixels.dtype not in (np.uint8, np.float32):
         raise InputError(f"pixels must be uint8 or float32 (0..255), got {pixels.dtype}")
     return np.ascontiguousarray(pixels, dtype=np.float32)
+
+
+def embed_pictures(extractor: Extractor, images: Sequence[np.ndarray], tile_batch: int = 8) -> np.ndarray:
+    """What the builder stores per picture, with either runtime: (H_i, W_i, 3) uint8 pictures -> (B, h, w, D)
+    embeddings; with config.tile_size, each picture's tiles (model.tiling, tile_batch per extractor call) stacked
+    along the rows -> (B, n_tiles * h, w, D). Tiled, every picture must have the size of the first."""
+    from model import tiling
+    from model.preprocess import check_image, pixels
+
+    cfg = extractor.config
+    if cfg.tile_size is None:
+        return extractor.embed_pixels(pixels(images, cfg))
+    shape = images[0].shape[:2]
+    out = []
+    for image in images:
+        if image.shape[:2] != shape:
+            raise InputError(f"tiled builds need pictures of one size: got {image.shape[1]}x{image.shape[0]} after "
+                             f"{shape[1]}x{shape[0]}; build one index per picture size")
+        tiles = [extractor.embed_pixels(pixels(list(t), cfg))
+                 for t in tiling.iter_tiles(check_image(image), cfg.tile_size, cfg.tile_overlap, tile_batch)]
+        emb = np.concatenate(tiles)  # (n_tiles, h, w, D)
+        out.append(emb.reshape(-1, *emb.shape[2:]))  # (n_tiles * h, w, D)
+    return np.stack(out)

@@ -17,7 +17,7 @@ from torch import nn
 from model.backbone import build_extractor
 from model.config import PatchCoreConfig
 from model.errors import InputError
-from model.extractor import check_pixels
+from model.extractor import check_pixels, embed_pictures
 # Re-exported: the torch-free pre-processing lives in model/preprocess.py.
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image, crop_offset, pixels, resize_crop  # noqa: F401
 
@@ -132,25 +132,8 @@ class PatchEmbedder:
         return self.embed_tensor(preprocess(images, self.config))
 
     def embed_pictures(self, images: Sequence[np.ndarray], tile_batch: int = 8) -> np.ndarray:
-        """What the builder stores per picture: ``embed`` untiled; with config.tile_size, each picture's tiles
-        (model.tiling, tile_batch per backbone pass) stacked along the rows -> (B, n_tiles * h, w, D). Tiled, every
-        picture must have the size of the first."""
-        cfg = self.config
-        if cfg.tile_size is None:
-            return self.embed(images)
-        from model import tiling
-
-        shape = images[0].shape[:2]
-        out = []
-        for image in images:
-            if image.shape[:2] != shape:
-                raise InputError(f"tiled builds need pictures of one size: got {image.shape[1]}x{image.shape[0]} after "
-                                 f"{shape[1]}x{shape[0]}; build one index per picture size")
-            tiles = [self.embed(list(t)) for t in tiling.iter_tiles(check_image(image), cfg.tile_size,
-                                                                     cfg.tile_overlap, tile_batch)]
-            emb = np.concatenate(tiles)  # (n_tiles, h, w, D)
-            out.append(emb.reshape(-1, *emb.shape[2:]))  # (n_tiles * h, w, D)
-        return np.stack(out)
+        """model.extractor.embed_pictures with this extractor (tiled configs: tile by tile)."""
+        return embed_pictures(self, images, tile_batch)
 
     def graph(self) -> nn.Module:
         """This extractor as one module from pixels to patch embeddings, for the ONNX export."""

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 # name -> (module, attribute, owner class or None): the build's stages in order, then the save's steps.
 PROBES = {
-    "load_model": ("index_store.build", "PatchEmbedder", None),  # building the backbone
-    "embed": ("model.features", "embed", "PatchEmbedder"),  # a batch of patch embeddings (extract, calibration)
+    "load_model": ("model.features", "__init__", "PatchEmbedder"),  # building the backbone
+    "embed": ("model.features", "embed_pixels", "PatchEmbedder"),  # a batch of patch embeddings (extract, calibration)
     "coreset": ("index_store.build", "select_coreset", None),
     "index": ("model.knn", "build_index", None),  # the FAISS index of the memory bank
     "calibrate": ("model.detector", "patch_scores", "Detector"),  # scoring held-out good images

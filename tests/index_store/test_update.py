@@ -124,3 +124,36 @@ def test_update_refuses_more_than_one_chunk(halves, tmp_path):
     assert main(["--data", str(a), "--out", str(idx), *FAST]) == 0
     with pytest.raises(BuildError, match="several updates"):
         update_index(idx, list_images(b), BuildOptions(progress=False, max_chunk_patches=64, batch_size=1))
+
+
+def test_update_runs_on_the_index_onnx_extractor_without_torch_and_matches_the_torch_runtime(halves, tmp_path):
+    """With extractor.onnx in the parent, the update embeds the new images in onnxruntime: it runs in a process where
+    torch cannot be imported (the slim serving image has none) and gives the torch runtime's bank and threshold."""
+    pytest.importorskip("onnxruntime")
+    import subprocess
+    import sys
+
+    a, b = halves
+    parent_dir = tmp_path / "idx"
+    assert main(["--data", str(a), "--out", str(parent_dir), *FAST]) == 0
+    assert store.EXTRACTOR_FILE in store.read_metadata(parent_dir).sidecars
+    blocked = ("import sys\n"
+               "class NoTorch:\n"  # every `import torch...` fails, as where torch is not installed
+               "    def find_spec(self, name, path=None, target=None):\n"
+               "        if name.split('.')[0] in ('torch', 'torchvision'): raise ImportError(name)\n"
+               "sys.meta_path.insert(0, NoTorch())\n"
+               "from index_store.cli import main\n"
+               "raise SystemExit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", blocked, "--update", str(parent_dir), "--data", str(b), "--out",
+                           str(tmp_path / "onnx"), "--json", "--no-progress"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["runtime"] == "onnx"
+    assert main(["--update", str(parent_dir), "--data", str(b), "--out", str(tmp_path / "torch"), "--runtime",
+                 "torch", "--no-progress"]) == 0
+    (m_onnx, i_onnx), (m_torch, i_torch) = (store.load_index(tmp_path / n) for n in ("onnx", "torch"))
+    assert m_onnx.bank_size == m_torch.bank_size
+    np.testing.assert_allclose(i_onnx.reconstruct_n(0, i_onnx.ntotal), i_torch.reconstruct_n(0, i_torch.ntotal),
+                               atol=1e-4)
+    np.testing.assert_allclose(m_onnx.calibration.scores, m_torch.calibration.scores, rtol=1e-4)
+    assert m_onnx.calibration.threshold == pytest.approx(m_torch.calibration.threshold, rel=1e-4)
+    assert m_onnx.provenance.torch_version == m_torch.provenance.torch_version.split("+")[0]
