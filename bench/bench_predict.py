@@ -86,7 +86,8 @@ def run_variant(name: str, variant: dict, args: argparse.Namespace, base_dir: Pa
         cwd, pythonpath = base_dir, str(base_dir)
     env["PYTHONPATH"] = pythonpath
     cmd = [sys.executable, str(REPO / "bench" / "bench_predict.py"), "--worker", "--runtime", variant["runtime"],
-           "--index", str(args.index.resolve()), "--images", str(args.images), "--threads", str(args.threads),
+           "--index", str((args.baseline_index if variant["runtime"] == "base" and args.baseline_index else
+                           args.index).resolve()), "--images", str(args.images), "--threads", str(args.threads),
            "--repeats", str(args.repeats), "--n-images", str(args.n_images)]
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if out.returncode:
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
     p.add_argument("--baseline-ref", default="main", help="git ref of today's code ('' to skip)")
+    p.add_argument("--baseline-index", type=Path, help="the index the baseline serves (default: --index); one built "
+                   "by the baseline code, where it cannot read this tree's metadata")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -50,7 +50,8 @@ def run_variant(variant: dict, args: argparse.Namespace, blobs: list[bytes]) -> 
     env = dict(os.environ, PATCHCORE_LOG_LEVEL="WARNING", PYTHONPATH=str(variant["src"]), **variant.get("env", {}))
     if variant.get("runtime"):
         env["PATCHCORE_RUNTIME"] = variant["runtime"]
-    cmd = [variant["python"], "-m", "service.cli", "--index-dir", str(args.index.resolve()), "--port", str(port),
+    index = variant.get("index") or args.index
+    cmd = [variant["python"], "-m", "service.cli", "--index-dir", str(index.resolve()), "--port", str(port),
            "--threads", str(args.threads)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=variant["src"], env=env, start_new_session=True)
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=16, help="per heatmap mode and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--baseline-ref", default="main", help="git ref of today's code ('' to skip)")
+    p.add_argument("--baseline-index", type=Path, help="the index the baseline serves (default: --index); one built "
+                   "by the baseline code, where it cannot read this tree's metadata")
     p.add_argument("--slim-python", help="python of a torch-free venv (the slim image's packages)")
     args = p.parse_args(argv)
     blobs = [q.read_bytes() for q in sorted(args.images.glob("*/000.png"))]
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_ref], capture_output=True,
                                      check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-            variants.append({"name": f"{args.baseline_ref} (torch)", "python": sys.executable, "src": base})
+            variants.append({"name": f"{args.baseline_ref} (torch)", "python": sys.executable, "src": base,
+                             "index": args.baseline_index})
         variants += [{"name": "torch", "python": sys.executable, "src": REPO, "runtime": "torch"},
                      {"name": "onnx", "python": sys.executable, "src": REPO, "runtime": "onnx"}]
         if args.slim_python:

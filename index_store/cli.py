@@ -43,8 +43,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--coreset-ratio", type=float, default=DEFAULTS.coreset_ratio)
     g.add_argument("--projection-dim", type=int, default=DEFAULTS.projection_dim, help="0: no projection")
     g.add_argument("--coreset-mode", choices=CORESET_MODES, default=DEFAULTS.coreset_mode,
-                   help="bounded: fast on any data, within 1 - epsilon of the farthest point per pick; exact: the "
-                   "exact greedy (can take many times the extraction on textured products at 10 %%)")
+                   help="auto (default): exact up to 4,096 centres, bounded above; bounded: fast on any data, "
+                   "within 1 - epsilon of the farthest point per pick; exact: the exact greedy (can take many times "
+                   "the extraction on textured products at 10 %%)")
     g.add_argument("--seed", type=int, default=DEFAULTS.seed)
     g.add_argument("--reweight", action="store_true", help="paper eq. 7 image-score re-weighting")
     g.add_argument("--num-neighbors", type=int, default=DEFAULTS.num_neighbors, help="b of eq. 7")

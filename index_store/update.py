@@ -121,7 +121,7 @@ def update_index(index_dir: Path, paths: Sequence[Path], options: BuildOptions =
     stages.done("extract")
 
     # Greedy continuation (paper section 3.2, seeded with the parent's bank): the builder's extend_bank, with the
-    # index's coreset_mode (exact or bounded).
+    # index's coreset_mode (auto, exact or bounded).
     t = time.perf_counter()
     seed = config.seed
     picked = greedy_continuation(rows, bank, chunk_picks(rows.shape[0], config), config)

@@ -33,6 +33,9 @@ from model.errors import ConfigError
 EXACT_ASSIGNMENT_MAX_BANK = 1000
 FAR_FRACTION = 0.01  # of the training patches, the farthest from the bank: searched exactly (the coverage radius)
 NEIGHBOURS = 8  # bank neighbours kept per training patch
+# k-means iterations of that IVF's cells (FAISS's default: 10). Screw at 10 % (20,480 vectors, 525 cells): training
+# 2.8 s -> 0.9 s, nearest vector found for 99.98 % of the patches either way.
+IVF_TRAIN_ITERATIONS = 4
 
 
 class LeaveOneOut:
@@ -154,6 +157,7 @@ def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray,
         nlist = int(min(4 * np.sqrt(bank.shape[0]), bank.shape[0] // knn.MIN_POINTS_PER_CELL))
         search_index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
         search_index.cp.seed = seed
+        search_index.cp.niter = IVF_TRAIN_ITERATIONS
         search_index.train(bank)
         search_index.add(bank)
         search_index.nprobe = int(min(16, max(4, nlist // 12), nlist))
@@ -177,13 +181,15 @@ def _greedy_refill(points: np.ndarray, dist: np.ndarray, n_max: int, radius_sq: 
     """Greedy k-center continuation on `points` (c, D) with running squared distances `dist` (c,): up to n_max picks,
     stopping once the farthest point is within radius_sq."""
     points, dist = points.astype(np.float64), dist.copy()
+    norms = np.einsum("ij,ij->i", points, points)
     picked: list[int] = []
     while len(picked) < n_max and dist.size:
         j = int(np.argmax(dist))
         if dist[j] <= radius_sq:
             break
         picked.append(j)
-        dist = np.minimum(dist, ((points - points[j]) ** 2).sum(axis=1))
+        # |p - q|^2 = |p|^2 - 2 p.q + |q|^2: one matrix-vector product per pick, no (c, D) temporary
+        np.minimum(dist, np.maximum(norms - 2.0 * (points @ points[j]) + norms[j], 0.0), out=dist)
     return picked
 
 

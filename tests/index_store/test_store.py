@@ -160,7 +160,7 @@ def test_metadata_without_coreset_mode_reads_as_the_exact_greedy(index_dir):
     from index_store.metadata import IndexMetadata
 
     data = json.loads((index_dir / store.METADATA_FILE).read_text())
-    assert data["config"]["coreset_mode"] == "exact"  # the default
+    assert data["config"]["coreset_mode"] == "auto"  # the default
     data["config"].pop("coreset_mode")
     assert IndexMetadata.from_json(json.dumps(data)).config.coreset_mode == "exact"
 

@@ -3,6 +3,7 @@ import pytest
 
 from model.config import PatchCoreConfig
 from model.coreset import coverage_radius, greedy_coreset, greedy_coreset_reference, nearest_sq_distances
+from model import coreset_bounded
 from model.coreset_bounded import bounded_greedy_coreset, select_coreset
 from model.errors import ConfigError
 
@@ -94,6 +95,18 @@ def test_select_dispatches_on_the_config_mode_and_refuses_unknown_ones():
                                   bounded_greedy_coreset(x, 50, projection_dim=None, seed=0))
     with pytest.raises(ConfigError, match="choose one of"):
         select_coreset(x, 50, mode="fast", projection_dim=None, seed=0)
+    # auto: the exact greedy up to AUTO_EXACT_MAX_CENTRES centres, the bounded one above
+    limit = coreset_bounded.AUTO_EXACT_MAX_CENTRES
+    assert (coreset_bounded.resolve_mode("auto", limit), coreset_bounded.resolve_mode("auto", limit + 1)) == (
+        "exact", "bounded")
+    assert PatchCoreConfig().coreset_mode == "auto"
+    exact, bounded = (greedy_coreset(x, 1200, projection_dim=None, seed=0),
+                      bounded_greedy_coreset(x, 1200, projection_dim=None, seed=0))
+    assert not np.array_equal(exact, bounded)  # so that the dispatch below is seen
+    for n_limit, expected in ((1200, exact), (1199, bounded)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(coreset_bounded, "AUTO_EXACT_MAX_CENTRES", n_limit)
+            np.testing.assert_array_equal(select_coreset(x, 1200, mode="auto", projection_dim=None, seed=0), expected)
     with pytest.raises(ConfigError, match="coreset_mode"):
         PatchCoreConfig(coreset_mode="fast")
     with pytest.raises(ConfigError, match="epsilon"):
