@@ -29,6 +29,18 @@ def test_default_is_the_usable_cores(restore_threads):
     assert torch.get_num_threads() == default_threads()
 
 
+def test_torch_imported_after_the_setting_follows_it_and_is_not_imported_by_it():
+    """configure_threads does not import torch (an onnx-runtime server never loads it); a torch imported later
+    takes the count through OMP_NUM_THREADS."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from index_store.runtime import configure_threads; configure_threads(1); "
+            "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
 def test_bad_count_raises():
     with pytest.raises(ValueError, match=">= 1"):
         configure_threads(0)
