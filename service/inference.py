@@ -56,8 +56,10 @@ def _prediction(name: str, bundle: IndexBundle, upload: Upload, image: np.ndarra
                 mode: HeatmapMode, decode_ms: float, queue_ms: float, started: float) -> Prediction:
     fields, map_ms, render_ms = heatmap_fields(bundle, score, image, mode)
     t = score.timings_ms
+    # parse, serialise, other and total are the request's: service.timing.answer fills them in.
     timings = Timings(
-        read=round(upload.read_ms, 3), queue=queue_ms, decode=decode_ms, preprocess=round(t["preprocess"], 3),
+        parse=0.0, serialise=0.0, other=0.0, read=round(upload.read_ms, 3), queue=queue_ms, decode=decode_ms,
+        preprocess=round(t["preprocess"], 3),
         backbone=round(t["backbone"], 3), search=round(t["search"], 3), score=round(t["score"], 3), map=map_ms,
         render=render_ms, total=_ms(started, time.perf_counter()),
     )
@@ -77,7 +79,7 @@ def predict_batch(name: str, bundle: IndexBundle, uploads: Sequence[Upload], mod
 
     started: perf_counter() when the handler began; submitted: when the work was queued for a worker.
     """
-    queue_ms = _ms(submitted, time.perf_counter())
+    queue_ms = round(_ms(submitted, time.perf_counter()) / len(uploads), 3)  # each image's share of the wait
     images, decode_ms = [], []
     for i, upload in enumerate(uploads):
         t0 = time.perf_counter()
