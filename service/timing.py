@@ -3,7 +3,7 @@
     parse      the ASGI app receiving the request (RequestLogMiddleware notes the moment in scope["state"]) to the
                handler starting: the body's arrival and FastAPI's multipart parsing, dependencies, routing
     serialise  the JSON encoding of the answer, on the inference worker
-    other      what lies between the stages (handing work to the worker and back, building the answer)
+    other      what lies between the stages (handing work to the worker, building the answer)
     total      the request, from its arrival to its JSON body: the sum of every stage, other included
 
 The body carries its own serialisation time: it is encoded with placeholder values in serialise, other and total,
