@@ -39,6 +39,12 @@ def worker(args: argparse.Namespace) -> None:
     from model.calibration import normalise
 
     threads = configure_threads(args.threads)
+    try:  # as the server does (service/app.py); a baseline tree older than it has no such function
+        from index_store.runtime import serial_numpy_blas
+    except ImportError:
+        pass
+    else:
+        serial_numpy_blas()
     kwargs = {} if args.runtime == "base" else {"runtime": args.runtime, "threads": threads}
     bundle = store.load(args.index, **kwargs)
     detector = bundle.detector

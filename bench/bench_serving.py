@@ -4,8 +4,9 @@ what the slim image holds), in one run.
 
 Each variant is a `python -m service.cli` subprocess on the same index (loopback, one at a time). One client posts
 bottle 900 x 900 PNGs one after another, heatmap=none then heatmap=png; the rounds alternate over the variants.
-"outside" is the client's latency minus the server's own `total` (multipart parsing before the handler, JSON
-serialisation, HTTP on loopback). RSS is VmRSS of the server after the requests, VmHWM its peak.
+"outside" is the client's latency minus the server's own `total` (HTTP on loopback; for trees older than
+service/timing.py also the multipart parsing before the handler and the JSON serialisation). RSS is VmRSS of the
+server after the requests, VmHWM its peak.
 
     python bench/bench_serving.py --index runs/idx/bottle --threads 2 [--slim-python /tmp/slim/bin/python]
 """
@@ -27,7 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle" / "test"
-STAGES = ("read", "queue", "decode", "preprocess", "backbone", "search", "score", "map", "render", "total")
+STAGES = ("parse", "read", "queue", "decode", "preprocess", "backbone", "search", "score", "map", "render", "serialise",
+          "other", "total")  # parse, serialise, other: 0 for trees older than service/timing.py
 
 
 def free_port() -> int:

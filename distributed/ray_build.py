@@ -33,6 +33,7 @@ from distributed.decode_task import decode_row
 from distributed.options import RayOptions
 from index_store.build import BuildError, BuildOptions, BuildResult, Streamed, _chunk_rows, build_index
 from model.config import PatchCoreConfig
+from model.preprocess import decode_side
 from model.features import PatchEmbedder
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,8 @@ def _stream_on_ray(train_paths: list[Path], embedder: PatchEmbedder, config: Pat
     DataContext.get_current().enable_progress_bars = options.progress
     items = [{"image_id": i, "path": str(Path(p).resolve())} for i, p in enumerate(train_paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * layout["actors"])))
-    ds = ds.map(decode_row, fn_kwargs={"max_pixels": options.max_pixels}, num_cpus=DECODE_CPUS)
+    ds = ds.map(decode_row, fn_kwargs={"max_pixels": options.max_pixels, "draft": decode_side(config)},
+                num_cpus=DECODE_CPUS)
     ds = ds.map_batches(
         _EmbedActor, batch_size=options.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=layout["actors"]),

@@ -24,6 +24,7 @@ from evaluation.datasets import Category, Sample, load_mask
 from imaging.decode import DEFAULT_MAX_PIXELS, iter_images
 from model.detector import Detector
 from model.heatmap import anomaly_map
+from model.preprocess import decode_side
 
 MIN_EVAL_SIZE = 8
 
@@ -98,7 +99,8 @@ def score_category(category: Category, detector: Detector, eval_size: int, batch
 
     started = time.perf_counter()
     bar = tqdm(total=len(samples), desc=f"test {category.name}", unit="img", disable=not progress, leave=False)
-    for path, image, _, error in iter_images(list(samples), decode_workers, 2 * batch_size, max_pixels):
+    draft = decode_side(detector.config)  # as the builder and the server decode
+    for path, image, _, error in iter_images(list(samples), decode_workers, 2 * batch_size, max_pixels, draft):
         if error is not None:
             raise EvaluationError(f"test image {path} cannot be decoded ({error}); repair or remove it: metrics "
                                   "over a partial test set are not comparable with published numbers")

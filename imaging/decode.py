@@ -96,10 +96,24 @@ def _open(data: bytes, max_pixels: int | None, name: str) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image",
+                 draft: int | None = None) -> np.ndarray:
     """Image file bytes -> (H, W, 3) uint8 RGB, EXIF orientation applied.
 
+    draft: decode a JPEG at a reduced scale where both sides stay >= draft pixels (see decode_sized).
     Raises ImageDecodeError with a message for people (never a Python repr), ImageTooLargeError past the cap.
+    """
+    return decode_sized(data, max_pixels, name, draft)[0]
+
+
+def decode_sized(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str = "image",
+                 draft: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Image file bytes -> ((h, w, 3) uint8 RGB, the picture's full (H, W)), EXIF orientation applied to both.
+
+    draft (model.preprocess.decode_side): a JPEG is decoded by libjpeg at 1/2, 1/4 or 1/8 scale (DCT scaling, a
+    proper low-pass) as long as both sides stay >= draft pixels; the model resizes every picture to its input size
+    anyway, and from twice that size the resize loses nothing. (h, w) is then the reduced size, (H, W) the picture's.
+    Other formats, and None, decode at full size: (h, w) == (H, W). The pixel cap is checked on the full size.
     """
     if not data:
         raise ImageDecodeError(f"{name} is empty (0 bytes)")
@@ -107,9 +121,15 @@ def decode_image(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS, name:
         # The cap is checked from the header, before decoding. (No warnings.catch_warnings here: it is not
         # thread-safe, and PIL's own DecompressionBombError still guards max_pixels=None.)
         img = _open(data, max_pixels, name)
+        width, height = img.size
+        if draft is not None and img.format in ("JPEG", "MPO") and min(width, height) >= 2 * draft:
+            img.draft(None, (draft, draft))  # scale s = the largest of 8, 4, 2 with both sides // s >= draft
         img.load()
+        decoded = img.size
         img = ImageOps.exif_transpose(img)
-        return _to_rgb8(img, name)
+        if img.size != decoded:  # EXIF turned it a quarter: the full size turns with it
+            width, height = height, width
+        return _to_rgb8(img, name), (height, width)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -133,10 +153,12 @@ def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple
 
 
 def iter_images(
-    paths: list[Path], workers: int = 2, prefetch: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    paths: list[Path], workers: int = 2, prefetch: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft: int | None = None,
 ) -> Iterator[tuple[Path, np.ndarray | None, str, ImageDecodeError | None]]:
     """Decode files in order on a thread pool (PIL releases the GIL), at most `prefetch` ahead of the consumer,
-    so memory stays bounded however many images there are. Yields (path, image or None, sha256, error or None)."""
+    so memory stays bounded however many images there are. Yields (path, image or None, sha256, error or None).
+    draft: as decode_image (the builder passes the model's, so that it sees the pixels the server sees)."""
 
     def work(path: Path) -> tuple[Path, np.ndarray | None, str, ImageDecodeError | None]:
         try:
@@ -145,7 +167,7 @@ def iter_images(
             return path, None, "", ImageDecodeError(f"{path} cannot be read ({exc})")
         digest = hashlib.sha256(data).hexdigest()
         try:
-            return path, decode_image(data, max_pixels, name=str(path)), digest, None
+            return path, decode_image(data, max_pixels, name=str(path), draft=draft), digest, None
         except ImageDecodeError as exc:
             return path, None, digest, exc
 

@@ -50,6 +50,7 @@ from model.coreset import nearest_sq_distances
 from model.coreset_bounded import select_coreset
 from model.errors import PatchCoreError
 from model.extractor import Extractor, embed_pictures
+from model.preprocess import decode_side
 
 log = logging.getLogger(__name__)
 MIN_BANK = 16
@@ -137,7 +138,7 @@ def embed_stream(paths, embedder: Extractor, options: BuildOptions, on_skip: Cal
     batch, names = [], []
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not options.progress, leave=False)
     for path, image, digest, error in iter_images(paths, options.decode_workers, options.batch_size,
-                                                  options.max_pixels):
+                                                  options.max_pixels, decode_side(embedder.config)):
         bar.update(1)
         if error is not None:
             on_skip(error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from pathlib import Path
 
 
 def default_threads() -> int:
@@ -50,6 +51,26 @@ def configure_threads(threads: int | None) -> int:
     faiss.omp_set_num_threads(n)
     threadpool_limits(limits=n)  # every BLAS/OpenMP pool already loaded: numpy's (the coreset's products) too
     return n
+
+
+def serial_numpy_blas() -> int:
+    """Put numpy's own BLAS on one thread; faiss's, torch's and onnxruntime's pools keep theirs. Returns how many
+    BLAS libraries were set (0 where numpy's BLAS cannot be told apart, e.g. one shared with faiss: then nothing).
+
+    For the server. Its only numpy product is the anomaly map's (model/heatmap.py: (H, h) @ (h, w) @ (w, W), under
+    1 ms on one thread for a 900 x 900 picture); on several threads OpenBLAS's workers then spin for a while and take
+    the cores from the next request's backbone and search. Call once at start, after configure_threads."""
+    import numpy
+    from threadpoolctl import ThreadpoolController
+
+    home = Path(numpy.__file__).resolve().parent  # site-packages/numpy; wheels vendor their BLAS in numpy.libs
+    own = (home, home.with_name(home.name + ".libs"))
+    controller = ThreadpoolController()
+    paths = [lib.filepath for lib in controller.lib_controllers
+             if lib.user_api == "blas" and any(Path(lib.filepath).resolve().is_relative_to(d) for d in own)]
+    if paths:
+        controller.select(filepath=paths).limit(limits=1)
+    return len(paths)
 
 
 def peak_rss_mb() -> float:

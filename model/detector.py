@@ -82,12 +82,18 @@ class Detector:
             out[i] = scoring.reweight(float(s_star[i]), dists)
         return out
 
-    def score_batch(self, images: Sequence[np.ndarray]) -> list[ImageScore]:
+    def score_batch(self, images: Sequence[np.ndarray],
+                    sizes: Sequence[tuple[int, int]] | None = None) -> list[ImageScore]:
         """Score (H_i, W_i, 3) uint8 RGB images in one backbone pass (tiled configs: tile by tile, see
-        _score_tiled)."""
+        _score_tiled). sizes: each picture's full (H, W) when it was decoded at a reduced scale
+        (imaging.decode draft): image_hw, hence the map, are then the full picture's."""
         if not images:
             return []
+        if sizes is not None and len(sizes) != len(images):
+            raise InputError(f"{len(sizes)} sizes for {len(images)} images")
         if self.config.tile_size is not None:
+            if sizes is not None and any(tuple(hw) != im.shape[:2] for hw, im in zip(sizes, images)):
+                raise InputError("tiled configs see pictures at native resolution; decode them at full size")
             return [self._score_tiled(check_image(image)) for image in images]
         t0 = time.perf_counter()
         batch = pixels(images, self.config)  # (B, S, S, 3) uint8
@@ -113,7 +119,7 @@ class Detector:
                 is_anomalous=is_anomalous(float(raw[i]), self.calibration),
                 threshold=self.calibration.threshold,
                 patch_scores=scores[i],
-                image_hw=(int(images[i].shape[0]), int(images[i].shape[1])),
+                image_hw=tuple(int(v) for v in (sizes[i] if sizes is not None else images[i].shape[:2])),
                 timings_ms=dict(timings),
             )
             for i in range(n)

@@ -26,6 +26,14 @@ def crop_offset(config: PatchCoreConfig) -> int:
     return int(round((config.image_size - config.input_size) / 2.0))
 
 
+def decode_side(config: PatchCoreConfig) -> int | None:
+    """The fewest pixels per side a picture needs for this config: 2 x image_size (the antialiased resize to
+    image_size loses nothing from twice that size), so that a JPEG may be decoded at a reduced scale
+    (imaging.decode draft). None for tiled configs, which see the picture at native resolution.
+    The builder, the evaluator and the server all decode with it: the model sees the same pixels everywhere."""
+    return None if config.tile_size is not None else 2 * config.image_size
+
+
 def check_image(image: np.ndarray) -> np.ndarray:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         got = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"

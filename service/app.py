@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from index_store import package_version
-from index_store.runtime import configure_threads
+from index_store.runtime import configure_threads, serial_numpy_blas
 from model.errors import PatchCoreError
 from service import reload, routes
 from service.deps import require_api_key
@@ -89,6 +89,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                                 "threads": settings.threads, "inference_workers": settings.inference_workers})
     try:
         threads = configure_threads(settings.threads)
+        serial_numpy_blas()  # the anomaly map's products: one thread, no spinning pool (model/heatmap.py)
         check_device(settings.device, settings.runtime)
         registry.load_all(settings.index_dir, settings.device, warmup=settings.warmup, runtime=settings.runtime,
                           threads=threads)

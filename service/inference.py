@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from imaging import render
-from imaging.decode import decode_image
+from imaging.decode import decode_sized
 from index_store.store import IndexBundle
 from model.detector import ImageScore
 from model.errors import InputError
-from model.preprocess import check_image
+from model.preprocess import check_image, decode_side
 from model.calibration import normalise
 from service.schemas import BatchPrediction, Prediction, Timings
 from service.settings import HeatmapMode
@@ -56,8 +56,10 @@ def _prediction(name: str, bundle: IndexBundle, upload: Upload, image: np.ndarra
                 mode: HeatmapMode, decode_ms: float, queue_ms: float, started: float) -> Prediction:
     fields, map_ms, render_ms = heatmap_fields(bundle, score, image, mode)
     t = score.timings_ms
+    # parse, serialise, other and total are the request's: service.timing.answer fills them in.
     timings = Timings(
-        read=round(upload.read_ms, 3), queue=queue_ms, decode=decode_ms, preprocess=round(t["preprocess"], 3),
+        parse=0.0, serialise=0.0, other=0.0, read=round(upload.read_ms, 3), queue=queue_ms, decode=decode_ms,
+        preprocess=round(t["preprocess"], 3),
         backbone=round(t["backbone"], 3), search=round(t["search"], 3), score=round(t["score"], 3), map=map_ms,
         render=render_ms, total=_ms(started, time.perf_counter()),
     )
@@ -77,18 +79,22 @@ def predict_batch(name: str, bundle: IndexBundle, uploads: Sequence[Upload], mod
 
     started: perf_counter() when the handler began; submitted: when the work was queued for a worker.
     """
-    queue_ms = _ms(submitted, time.perf_counter())
-    images, decode_ms = [], []
+    queue_ms = round(_ms(submitted, time.perf_counter()) / len(uploads), 3)  # each image's share of the wait
+    # A big JPEG is decoded at a reduced scale, as the builder decoded its training pictures (decode_side); the
+    # overlay needs the picture itself at full size. image_hw, hence the answer's size and maps, stay the full size.
+    draft = decode_side(bundle.detector.config) if mode is not HeatmapMode.overlay else None
+    images, sizes, decode_ms = [], [], []
     for i, upload in enumerate(uploads):
         t0 = time.perf_counter()
         label = repr(upload.filename) if upload.filename else f"file #{i + 1}"
-        image = decode_image(upload.data, max_pixels, name=label)
+        image, size = decode_sized(upload.data, max_pixels, name=label, draft=draft)
         try:
             images.append(check_image(image))
         except InputError as exc:  # name the file: in a batch, "image of 1x1 pixels" alone does not say which
             raise InputError(f"{label}: {exc}") from exc
+        sizes.append(size)
         decode_ms.append(_ms(t0, time.perf_counter()))
-    scores = bundle.detector.score_batch(images)
+    scores = bundle.detector.score_batch(images, sizes)
     results = [
         _prediction(name, bundle, upload, image, score, mode, d_ms, queue_ms, started)
         for upload, image, score, d_ms in zip(uploads, images, scores, decode_ms)

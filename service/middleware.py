@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from service.metrics import ServiceMetrics
+from service.timing import RECEIVED
 
 log = logging.getLogger("service.access")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -36,6 +37,7 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        scope.setdefault("state", {})[RECEIVED] = started  # the request's arrival: timings_ms.parse starts here
         given = _header(scope, b"x-request-id")
         request_id = given if given and _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         status = 500  # what the client gets if the app raises before answering

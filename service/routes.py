@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 
-from service import inference
+from service import inference, timing
 from service.deps import MetricsDep, RegistryDep, RunnerDep, SettingsDep
 from service.errors import UploadTooLargeError
 from service.metrics import CONTENT_TYPE, ServiceMetrics
@@ -27,7 +27,7 @@ api = APIRouter()
 ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503)}
 IndexQuery = Annotated[str | None, Query(description="index name (GET /indexes); may be left out when only one")]
 HeatmapQuery = Annotated[HeatmapMode | None, Query(description="default: the server's PATCHCORE_DEFAULT_HEATMAP")]
-STAGES = ("decode", "preprocess", "backbone", "search", "map")
+STAGES = ("parse", "decode", "preprocess", "backbone", "search", "map", "serialise")
 
 
 async def _read(file: UploadFile, limit: int, position: int) -> inference.Upload:
@@ -41,16 +41,13 @@ async def _read(file: UploadFile, limit: int, position: int) -> inference.Upload
     return inference.Upload(file.filename or None, data, (time.perf_counter() - t0) * 1e3)
 
 
-def _json(model) -> Response:
-    return Response(model.model_dump_json().encode(), media_type="application/json")
-
-
-def _serialised(fn):
-    """Run fn on the worker and serialise its answer there too, so big maps never block the event loop."""
+def _serialised(fn, received: float, started: float):
+    """Run fn on the worker and serialise its answer there too, so big maps never block the event loop; the
+    answer's timings get the request's parse, serialise, other and total (service/timing.py)."""
 
     def work(*args, **kwargs):
         result = fn(*args, **kwargs)
-        return result, _json(result)
+        return result, timing.answer(result, received, started)
 
     return work
 
@@ -122,9 +119,8 @@ async def predict(
     request.state.index = name
     upload = await _read(file, settings.max_upload_bytes, 1)
     mode = heatmap or settings.default_heatmap
-    result, response = await runner.run(
-        _serialised(inference.predict_one), name, bundle, upload, mode, settings.max_pixels, started
-    )
+    work = _serialised(inference.predict_one, timing.received_at(request.scope, started), started)
+    result, response = await runner.run(work, name, bundle, upload, mode, settings.max_pixels, started)
     _observe(m, name, [result])
     return response
 
@@ -145,8 +141,7 @@ async def predict_batch(
                                   "split the batch")
     uploads = [await _read(f, settings.max_upload_bytes, i + 1) for i, f in enumerate(files)]
     mode = heatmap or settings.default_heatmap
-    result, response = await runner.run(
-        _serialised(inference.predict_batch), name, bundle, uploads, mode, settings.max_pixels, started
-    )
+    work = _serialised(inference.predict_batch, timing.received_at(request.scope, started), started)
+    result, response = await runner.run(work, name, bundle, uploads, mode, settings.max_pixels, started)
     _observe(m, name, result.results)
     return response

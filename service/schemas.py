@@ -10,8 +10,11 @@ SCHEMA_VERSION = 1
 
 
 class Timings(BaseModel):
-    """Milliseconds spent on this image. Batch stages (preprocess, backbone, search, score) are the image's share."""
+    """Milliseconds spent on this image, stage by stage in request order; total is their sum (also sent in the
+    Server-Timing header). In a batch each result holds its own read, decode, map and render and an equal share of
+    the rest, so the results' totals add up to the batch's total_ms."""
 
+    parse: float = Field(description="the request's arrival to the handler: receiving the body, multipart parsing")
     read: float = Field(description="reading the upload from the request")
     queue: float = Field(description="waiting for an inference worker")
     decode: float
@@ -21,7 +24,9 @@ class Timings(BaseModel):
     score: float
     map: float = Field(description="anomaly map at the image size; 0 when heatmap=none")
     render: float = Field(description="PNG / overlay / list encoding; 0 when heatmap=none")
-    total: float = Field(description="from the handler's start to the answer being built")
+    serialise: float = Field(description="encoding the JSON answer")
+    other: float = Field(description="between the stages: handing work to the worker, building the answer")
+    total: float = Field(description="the request's arrival to its JSON answer: the sum of the stages above")
 
 
 class Prediction(BaseModel):
@@ -50,7 +55,8 @@ class BatchPrediction(BaseModel):
     index: str
     count: int
     results: list[Prediction] = Field(description="one per uploaded file, in upload order")
-    total_ms: float = Field(description="the whole batch, from the handler's start to the answer being built")
+    total_ms: float = Field(description="the whole request, from its arrival to its JSON answer: the sum of the "
+                            "results' totals")
 
 
 class IndexInfo(BaseModel):

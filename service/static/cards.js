@@ -67,8 +67,9 @@ export class ScoredCard {
     const t = r.timings_ms;
     const timings = el("p", {
       className: "timings muted",
-      textContent: `${fmt(t.total, 0)} ms total · decode ${fmt(t.decode, 0)} · backbone ${fmt(t.backbone, 0)} · ` +
-        `search ${fmt(t.search, 0)} · map ${fmt(t.map, 0)} · queue ${fmt(t.queue, 0)}`,
+      textContent: `${fmt(t.total, 0)} ms total · parse ${fmt(t.parse ?? 0, 0)} · decode ${fmt(t.decode, 0)} · ` +
+        `backbone ${fmt(t.backbone, 0)} · search ${fmt(t.search, 0)} · map ${fmt(t.map, 0)} · ` +
+        `queue ${fmt(t.queue, 0)}`,
     });
     this.el.append(stack, el("div", { className: "body" }, head(item),
       el("p", { className: "verdict" }, this.decision, this.serverNote), facts, timings, this.note));

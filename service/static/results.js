@@ -6,7 +6,7 @@ import { isAnomalous, normalised } from "./colour.js";
 export const COLUMNS = [
   "n", "file", "bytes", "product", "status", "image_score", "normalised_score", "threshold", "decision",
   "what_if_threshold", "what_if_normalised_score", "what_if_decision", "width", "height", "ms_total", "ms_decode",
-  "ms_preprocess", "ms_backbone", "ms_search", "ms_map", "scored_at", "error",
+  "ms_preprocess", "ms_backbone", "ms_search", "ms_map", "ms_parse", "ms_serialise", "scored_at", "error",
 ];
 
 // item: {n, name, bytes, index, result | null, error | null, at}; whatIf: the product's what-if threshold;
@@ -24,6 +24,7 @@ export function record(item, whatIf, std) {
     what_if_decision: isAnomalous(r.image_score, threshold) ? "anomalous" : "normal",
     width: r.image_width, height: r.image_height, ms_total: t.total, ms_decode: t.decode,
     ms_preprocess: t.preprocess, ms_backbone: t.backbone, ms_search: t.search, ms_map: t.map,
+    ms_parse: t.parse ?? null, ms_serialise: t.serialise ?? null,
   };
 }
 

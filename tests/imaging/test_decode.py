@@ -90,3 +90,58 @@ def test_only_png_jpeg_bmp_and_tiff_are_opened():
     for fmt, words in refused:
         with pytest.raises(ImageDecodeError, match=words):
             decode_image(encode(img, fmt))
+
+
+# ------------------------------------------------------------------ JPEG draft mode (decode_sized, draft=...)
+from imaging.decode import decode_sized, iter_images  # noqa: E402
+
+
+def smooth_picture(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A camera-like picture: low-frequency content, upscaled from a small random one."""
+    small = np.random.default_rng(seed).integers(0, 255, (12, 18, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def test_a_big_jpeg_is_decoded_at_a_reduced_scale_and_keeps_its_full_size():
+    data = encode(smooth_picture(1400, 2100), "JPEG", quality=95)
+    image, size = decode_sized(data, draft=256)
+    # libjpeg's scales are 1/2, 1/4, 1/8: the largest with both sides >= 256 is 1/4 (1400 // 256 = 5)
+    assert image.shape == (350, 525, 3) and size == (1400, 2100)
+    full, full_size = decode_sized(data)
+    assert full.shape == (1400, 2100, 3) and full_size == (1400, 2100)
+    assert np.array_equal(decode_image(data, draft=256), image)
+    # the same picture: the full decode, shrunk 4x by area averaging, is within a few grey levels
+    shrunk = np.asarray(Image.fromarray(full).resize((525, 350), Image.Resampling.BOX), dtype=np.float32)
+    assert np.abs(shrunk - image).mean() < 2.0
+
+
+def test_draft_keeps_the_exif_orientation_and_turns_the_full_size_with_it():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(smooth_picture(1400, 2100), "JPEG", exif=exif.tobytes())
+    image, size = decode_sized(data, draft=256)
+    assert image.shape == (525, 350, 3) and size == (2100, 1400)
+    np.testing.assert_array_equal(image, np.rot90(decode_sized(encode(smooth_picture(1400, 2100), "JPEG"),
+                                                               draft=256)[0], k=-1))
+
+
+def test_draft_checks_the_pixel_cap_on_the_full_size_and_leaves_other_pictures_alone():
+    big = encode(Image.new("RGB", (5000, 5000)), "JPEG")
+    with pytest.raises(ImageDecodeError, match="5000x5000 = 25000000, over the limit"):
+        decode_sized(big, max_pixels=1_000_000, draft=64)
+    png = encode(smooth_picture(600, 700))
+    image, size = decode_sized(png, draft=64)  # not a JPEG: full size
+    assert image.shape == (600, 700, 3) and size == (600, 700)
+    small = encode(smooth_picture(300, 500), "JPEG")  # under 2 x draft: nothing to gain, decoded as it is
+    np.testing.assert_array_equal(decode_sized(small, draft=256)[0], decode_image(small))
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_sized(encode(smooth_picture(1400, 2100), "JPEG")[:3000], draft=256)
+
+
+def test_iter_images_decodes_as_the_server_does(tmp_path):
+    data = encode(smooth_picture(1100, 1300), "JPEG")
+    (tmp_path / "a.jpg").write_bytes(data)
+    [(_, image, _, error)] = list(iter_images([tmp_path / "a.jpg"], workers=1, draft=256))
+    assert error is None
+    np.testing.assert_array_equal(image, decode_sized(data, draft=256)[0])
+    assert image.shape == (275, 325, 3)  # 1/4: 1100 // 256 = 4

@@ -176,3 +176,22 @@ def test_patchcore_calibrate_rechooses_the_threshold_without_a_rebuild(index_dir
     assert calibrate_cli.main([str(copy), "--threshold-rule", "conformal"]) == 0
     assert store.read_metadata(copy).calibration.rule == "conformal"
     assert calibrate_cli.main([str(tmp_path / "nothing")]) == 1
+
+
+@pytest.mark.parametrize("config, draft", [(PatchCoreConfig(image_size=64), 128),
+                                           (PatchCoreConfig(image_size=64, tile_size=64), None)])
+def test_the_builder_decodes_as_the_server(monkeypatch, sample_dir, config, draft):
+    """Big JPEGs at a reduced scale (model.preprocess.decode_side) in the builder too: train and serve pixels match."""
+    import index_store.build as build_module
+    from model.features import PatchEmbedder
+
+    seen, real = [], build_module.iter_images
+
+    def spy(paths, workers, prefetch, max_pixels, draft=None):
+        seen.append(draft)
+        return real(paths, workers, prefetch, max_pixels, draft)
+
+    monkeypatch.setattr(build_module, "iter_images", spy)
+    paths = list_images(sample_dir)[:2]
+    out = list(build_module.embed_stream(paths, PatchEmbedder(config), BuildOptions(progress=False), print, "x"))
+    assert seen == [draft] and sum(len(names) for _, names in out) == 2

@@ -83,3 +83,13 @@ def test_wrong_inputs_are_refused(bundle):
         bundle.detector.predict(np.zeros((10, 10), np.uint8))
     with pytest.raises(InputError, match="too small"):
         bundle.detector.predict(np.zeros((4, 4, 3), np.uint8))
+
+
+def test_full_sizes_given_with_reduced_pictures_set_the_maps_size(bundle):
+    """A picture decoded at a reduced scale (imaging.decode draft) is scored with its full size: the map has it."""
+    image, _ = defect_at((40, 84))
+    [score] = bundle.detector.score_batch([image], [(512, 384)])
+    assert score.image_hw == (512, 384) and bundle.detector.anomaly_map(score).shape == (512, 384)
+    assert score.image_score == pytest.approx(bundle.detector.score(image).image_score, rel=1e-6)
+    with pytest.raises(InputError, match="1 sizes for 2 images"):
+        bundle.detector.score_batch([image, image], [(512, 384)])

@@ -6,7 +6,8 @@ import pytest
 import torch
 from threadpoolctl import threadpool_info
 
-from index_store.runtime import configure_threads, current_rss_mb, default_threads, release_gpu_library_pages
+from index_store.runtime import (configure_threads, current_rss_mb, default_threads, release_gpu_library_pages,
+                                 serial_numpy_blas)
 
 
 @pytest.fixture
@@ -39,6 +40,16 @@ def test_torch_imported_after_the_setting_follows_it_and_is_not_imported_by_it()
             "assert 'torch' not in sys.modules; import torch; print(torch.get_num_threads())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_serial_numpy_blas_sets_numpy_s_pool_only(restore_threads):
+    configure_threads(2)
+    assert serial_numpy_blas() >= 1  # pip's numpy vendors its own OpenBLAS
+    blas = {p["filepath"]: p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+    numpy_own = {path: n for path, n in blas.items() if "numpy" in path}
+    assert numpy_own and set(numpy_own.values()) == {1}
+    assert all(n == 2 for path, n in blas.items() if "faiss" in path)  # faiss's search keeps its threads
+    assert faiss.omp_get_max_threads() == 2 and torch.get_num_threads() == 2
 
 
 def test_bad_count_raises():
