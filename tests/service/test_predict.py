@@ -29,7 +29,7 @@ def test_predict_matches_in_process_detector(client, disc_bundle, test_images):
     assert body["normalised_score"] == pytest.approx(expected.normalised_score, rel=1e-4, abs=1e-6)
     assert body["is_anomalous"] == expected.is_anomalous
     assert body["threshold"] == pytest.approx(disc_bundle.metadata.calibration.threshold)
-    assert (body["index"], body["filename"], body["schema_version"], body["heatmap"]) == ("disc", "spot.png", 1, "none")
+    assert (body["index"], body["filename"], body["schema_version"], body["heatmap"]) == ("disc", "spot.png", 2, "none")
     assert (body["image_width"], body["image_height"]) == (128, 128)
     assert body["anomaly_map_png"] is None and body["overlay_png"] is None and body["anomaly_map"] is None
     t = body["timings_ms"]
