@@ -97,6 +97,15 @@ def run_variant(variant: dict, args: argparse.Namespace, blobs: list[bytes]) -> 
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def anomalib_forward(args: argparse.Namespace) -> dict:
+    image = sorted(args.images.glob("*/000.png"))[0]
+    out = subprocess.run([args.anomalib_python, str(REPO / "bench" / "anomalib_forward.py"), "--image", str(image),
+                          "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO / "bench")
+    if out.returncode:
+        raise SystemExit(f"anomalib forward failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", type=Path, required=True, help="a bottle index folder with extractor.onnx")
@@ -108,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-index", type=Path, help="the index the baseline serves (default: --index); one built "
                    "by the baseline code, where it cannot read this tree's metadata")
     p.add_argument("--slim-python", help="python of a torch-free venv (the slim image's packages)")
+    p.add_argument("--anomalib-python", help="python of the anomalib side venv (bench/compare_anomalib.py makes "
+                   ".venv-anomalib): anomalib's bare model forward, timed in each round (bench/anomalib_forward.py)")
     args = p.parse_args(argv)
     blobs = [q.read_bytes() for q in sorted(args.images.glob("*/000.png"))]
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.slim_python:
             variants.append({"name": "onnx, no torch", "python": args.slim_python, "src": REPO, "runtime": "onnx"})
         runs = {v["name"]: [] for v in variants}
+        anomalib_runs = []
         for _ in range(args.rounds):
             for v in variants:
                 runs[v["name"]].append(run_variant(v, args, blobs))
                 print(v["name"], json.dumps(runs[v["name"]][-1]["none"]["p50_ms"]), flush=True)
+            if args.anomalib_python:
+                anomalib_runs.append(anomalib_forward(args))
+                print("anomalib", json.dumps(anomalib_runs[-1]), flush=True)
 
     def med(rs, *keys):
         vals = []
@@ -151,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in rows.items():
         print(f"{name:<18}{r['ready_s']:>9.2f}{r['rss_mb']:>9.0f}{r['p50_none']:>10.1f}{r['p50_png']:>9.1f}"
               f"{r['p50_png'] / r['p50_none']:>9.2f}{r['p50_none'] / rows[ref]['p50_none']:>16.2f}")
+    anomalib = {k: med(anomalib_runs, k) for k in ("forward_ms", "from_file_ms")} if anomalib_runs else None
+    if anomalib:
+        print(f"anomalib 2.7 bare model forward (bank {anomalib_runs[0]['bank']}): {anomalib['forward_ms']:.1f} ms on a "
+              f"pre-processed tensor, {anomalib['from_file_ms']:.1f} ms from file; /predict p50 (heatmap=none) / that "
+              "forward: " + ", ".join(f"{n} {r['p50_none'] / anomalib['forward_ms']:.2f}" for n, r in rows.items()))
     for h in ("none", "png"):
         print(f"\nheatmap={h}: median ms per stage (server timings_ms; outside = client p50 - server total)")
         print(f"{'stage':<12}" + "".join(f"{n[:16]:>18}" for n in rows))
@@ -158,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             vals = [r[f"stages_{h}"][s] if s in STAGES else r[f"{s}_{h}"] for r in rows.values()]
             print(f"{s:<12}" + "".join(f"{v:>18.2f}" for v in vals))
     record = {"threads": args.threads, "requests": args.requests, "rounds": args.rounds, "load_average": os.getloadavg(),
-              "baseline_ref": args.baseline_ref, "summary": rows, "runs": runs}
+              "baseline_ref": args.baseline_ref, "summary": rows, "runs": runs, "anomalib_forward": anomalib,
+              "anomalib_runs": anomalib_runs}
     out = REPO / "bench" / "results" / "bench_serving.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
