@@ -133,10 +133,8 @@ def split_held_out(paths: list[Path], calibration_images: int, seed: int) -> tup
 
 def embed_stream(paths, embedder: Extractor, options: BuildOptions, on_skip: Callable, desc: str):
     """Yield (B, h, w, D) embeddings batch by batch, plus (path, sha256) of each image used."""
-    from tqdm import tqdm
-
     batch, names = [], []
-    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not options.progress, leave=False)
+    bar = _progress_bar(len(paths), desc, options.progress)
     for path, image, digest, error in iter_images(paths, options.decode_workers, options.batch_size,
                                                   options.max_pixels, decode_side(embedder.config)):
         bar.update(1)
@@ -152,6 +150,24 @@ def embed_stream(paths, embedder: Extractor, options: BuildOptions, on_skip: Cal
         yield embed_pictures(embedder, batch), names
     bar.close()
 
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar, or a silent stand-in where progress is off or tqdm is not installed (the slim serving image has
+    none, and `--update` runs there)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
 
 
 def skip_recorder(options: BuildOptions, skipped: list[str]) -> Callable[[Exception], None]:

@@ -128,7 +128,8 @@ def test_update_refuses_more_than_one_chunk(halves, tmp_path):
 
 def test_update_runs_on_the_index_onnx_extractor_without_torch_and_matches_the_torch_runtime(halves, tmp_path):
     """With extractor.onnx in the parent, the update embeds the new images in onnxruntime: it runs in a process where
-    torch cannot be imported (the slim serving image has none) and gives the torch runtime's bank and threshold."""
+    torch and tqdm cannot be imported (the slim serving image has neither) and gives the torch runtime's bank and
+    threshold."""
     pytest.importorskip("onnxruntime")
     import subprocess
     import sys
@@ -140,7 +141,7 @@ def test_update_runs_on_the_index_onnx_extractor_without_torch_and_matches_the_t
     blocked = ("import sys\n"
                "class NoTorch:\n"  # every `import torch...` fails, as where torch is not installed
                "    def find_spec(self, name, path=None, target=None):\n"
-               "        if name.split('.')[0] in ('torch', 'torchvision'): raise ImportError(name)\n"
+               "        if name.split('.')[0] in ('torch', 'torchvision', 'tqdm'): raise ImportError(name)\n"
                "sys.meta_path.insert(0, NoTorch())\n"
                "from index_store.cli import main\n"
                "raise SystemExit(main(sys.argv[1:]))")
