@@ -99,7 +99,8 @@ def run_variant(variant: dict, args: argparse.Namespace, blobs: list[bytes]) -> 
 
 def anomalib_forward(args: argparse.Namespace) -> dict:
     image = sorted(args.images.glob("*/000.png"))[0]
-    out = subprocess.run([args.anomalib_python, str(REPO / "bench" / "anomalib_forward.py"), "--image", str(image),
+    out = subprocess.run([os.path.abspath(args.anomalib_python), str(REPO / "bench" / "anomalib_forward.py"), "--image",
+                          str(image.resolve()),
                           "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO / "bench")
     if out.returncode:
         raise SystemExit(f"anomalib forward failed:\n{out.stderr[-3000:]}")

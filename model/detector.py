@@ -57,11 +57,15 @@ class Detector:
         self.embedder = embedder
         self.index = index
         self.calibration = calibration
+        # flat banks: the k = 1 search on numpy's BLAS (knn.FlatNearest), the others through FAISS
+        self._nearest = knn.FlatNearest(index) if isinstance(index, faiss.IndexFlatL2) else None
 
     def patch_scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, h, w, D) -> (patch scores (B, h, w), nearest bank ids (B, h*w))."""
         b, h, w, d = embeddings.shape
-        sq, ids = knn.search(self.index, embeddings.reshape(-1, d), k=1)  # (B*h*w, 1) squared L2
+        queries = embeddings.reshape(-1, d)
+        sq, ids = (self._nearest.search(queries) if self._nearest is not None  # (B*h*w, 1) squared L2
+                   else knn.search(self.index, queries, k=1))
         return scoring.patch_scores(sq[:, 0], b, (h, w)), ids[:, 0].reshape(b, h * w)
 
     def image_scores(self, embeddings: np.ndarray, scores: np.ndarray, nn_ids: np.ndarray) -> np.ndarray:

@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 import pytest
 
@@ -85,3 +86,30 @@ def test_search_excluding_equals_brute_force_over_the_foreign_vectors(k):
     np.testing.assert_array_equal(ids, np.argsort(d, axis=1, kind="stable")[:, :k])
     np.testing.assert_allclose(sq, np.sort(d, axis=1)[:, :k], rtol=1e-4)
     assert not np.isin(bank_owners[ids], 3).any()
+
+
+@pytest.mark.parametrize("query_block, bank_block", [(4096, 16384), (7, 5)])
+def test_flat_nearest_equals_faiss_flat_search_and_float64_brute_force(query_block, bank_block):
+    """knn.FlatNearest (numpy BLAS, blocked over queries and bank) against FAISS's own flat search and a float64
+    brute force: same nearest vector (where it is not a near-tie) and the same squared distance within float32
+    rounding of the norms."""
+    rng = np.random.default_rng(3)
+    bank = (rng.normal(size=(503, 32)) * 3 + 5).astype(np.float32)  # offset: large norms, as patch embeddings have
+    queries = np.concatenate([bank[rng.integers(0, 503, 100)] + rng.normal(0, 0.2, (100, 32)),
+                              rng.normal(size=(61, 32)) * 3 + 5]).astype(np.float32)
+    index = knn.build_index(bank, IndexConfig(kind="flat"), seed=0)
+    nearest = knn.FlatNearest(index, query_block=query_block, bank_block=bank_block)
+    assert np.shares_memory(nearest.bank, faiss.rev_swig_ptr(index.get_xb(), 1))  # a view, no copy
+    sq, ids = nearest.search(queries)
+    f_sq, f_ids = knn.search(index, queries, k=1)
+    exact = ((queries[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)
+    order = np.sort(exact, axis=1)
+    clear = order[:, 1] - order[:, 0] > 1e-3  # not a near-tie
+    assert clear.sum() > 150
+    np.testing.assert_array_equal(ids[clear, 0], exact.argmin(1)[clear])
+    np.testing.assert_array_equal(ids[clear, 0], f_ids[clear, 0])
+    np.testing.assert_allclose(sq[:, 0], order[:, 0], atol=2e-3 * np.abs(queries).max() ** 2 / 100)
+    np.testing.assert_allclose(sq, f_sq, rtol=1e-4, atol=1e-3)
+    assert sq.dtype == np.float32 and ids.dtype == np.int64 and sq.shape == ids.shape == (161, 1)
+    with pytest.raises(ConfigError, match="IndexFlatL2"):
+        knn.FlatNearest(knn.build_index(bank, IndexConfig(kind="hnsw"), seed=0))
