@@ -125,7 +125,7 @@ COPY --from=context /stage-deps/pyproject.toml /tmp/deps/pyproject.toml
 COPY --from=context /stage/opt/ /opt/
 RUN set -eux; \
     pip install $PIP_EXTRA_ARGS --upgrade pip setuptools wheel; \
-    python -c 'import re, tomllib; p = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]; skip = r"(torch|torchvision|scikit-learn|tqdm|onnx)\b"; deps = [d for d in p["dependencies"] if not re.match(skip, d)] + [d for d in p["optional-dependencies"]["onnx"] if d.startswith("onnxruntime")]; print("\n".join(deps))' > /tmp/deps/requirements.txt; \
+    python -c 'import re, tomllib; p = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]; skip = r"(torch|torchvision|scikit-learn|tqdm|onnx)\b"; deps = [d for d in p["dependencies"] if not re.match(skip, d)] + [d for d in p["optional-dependencies"]["onnx"] if d.startswith("onnxruntime")] + p["optional-dependencies"]["fast"]; print("\n".join(deps))' > /tmp/deps/requirements.txt; \
     cat /tmp/deps/requirements.txt; \
     pip install $PIP_EXTRA_ARGS -r /tmp/deps/requirements.txt; \
     pip install $PIP_EXTRA_ARGS --no-deps --no-build-isolation /opt/patchcore/src; \
@@ -179,7 +179,7 @@ RUN set -eux; \
 #    torchvision's cache ($TORCH_HOME/hub/checkpoints) by the project's own fetcher, so nothing downloads at run time.
 COPY --from=context /stage-deps/ /tmp/deps/
 RUN set -eux; \
-    python -c 'import re, tomllib; deps = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]; extra = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["optional-dependencies"]["onnx"]; print("\n".join([d for d in deps if not re.match(r"(torch|torchvision)\b", d)] + extra))' > /tmp/deps/requirements.txt; \
+    python -c 'import re, tomllib; deps = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]; opt = tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["optional-dependencies"]; extra = opt["onnx"] + opt["fast"]; print("\n".join([d for d in deps if not re.match(r"(torch|torchvision)\b", d)] + extra))' > /tmp/deps/requirements.txt; \
     cat /tmp/deps/requirements.txt; \
     pip install $PIP_EXTRA_ARGS -r /tmp/deps/requirements.txt; \
     python /tmp/deps/index_store/weights.py; \

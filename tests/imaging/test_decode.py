@@ -145,3 +145,54 @@ def test_iter_images_decodes_as_the_server_does(tmp_path):
     assert error is None
     np.testing.assert_array_equal(image, decode_sized(data, draft=256)[0])
     assert image.shape == (275, 325, 3)  # 1/4: 1100 // 256 = 4
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    from PIL import ImageOps
+
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+@pytest.mark.parametrize("case", ["rgb", "interlaced", "trns", "exif", "rgba", "palette"])
+def test_libspng_decodes_8_bit_rgb_pngs_as_pillow_does_and_leaves_the_rest_to_pillow(case, monkeypatch):
+    """imaging.decode._fast_png (pyspng) takes only 8-bit truecolour PNGs without tRNS / eXIf, and gives Pillow's
+    pixels; every other PNG goes to Pillow (orientation, transparency, 16 bits handled there)."""
+    pyspng = pytest.importorskip("pyspng")
+    from imaging import decode
+
+    img = Image.fromarray(RGB)
+    kw = {}
+    if case == "interlaced":
+        kw["interlace"] = 1
+    elif case == "trns":
+        kw["transparency"] = (1, 2, 3)
+    elif case == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        kw["exif"] = exif.tobytes()
+    elif case == "rgba":
+        img = img.convert("RGBA")
+    elif case == "palette":
+        img = img.convert("P")
+    data = encode(img, "PNG", **kw)
+    calls = []
+    real = pyspng.load
+    monkeypatch.setattr(pyspng, "load", lambda d, *a, **k: calls.append(1) or real(d, *a, **k))
+    out = decode_image(data)
+    np.testing.assert_array_equal(out, _pillow_pixels(data))
+    assert bool(calls) == (case in ("rgb", "interlaced")), case
+    if case == "exif":
+        assert out.shape == (30, 20, 3)
+
+
+def test_libspng_on_real_bottle_pictures_equals_pillow():
+    from pathlib import Path
+
+    pytest.importorskip("pyspng")
+    root = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mvtec_ad" / "bottle" / "test"
+    paths = sorted(root.glob("*/000.png"))
+    if not paths:
+        pytest.skip(f"real data absent: {root} (see ../shared/data/README)")
+    for p in paths:
+        data = p.read_bytes()
+        np.testing.assert_array_equal(decode_image(data), _pillow_pixels(data))
