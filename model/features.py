@@ -16,8 +16,7 @@ from torch import nn
 
 from model.backbone import build_extractor
 from model.config import PatchCoreConfig
-from model.errors import InputError
-from model.extractor import check_pixels, embed_pictures
+from model.extractor import check_pixels
 # Re-exported: the torch-free pre-processing lives in model/preprocess.py.
 from model.preprocess import IMAGENET_MEAN, IMAGENET_STD, check_image, crop_offset, pixels, resize_crop  # noqa: F401
 
@@ -130,10 +129,6 @@ class PatchEmbedder:
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """uint8 RGB arrays -> (B, h, w, D) float32 patch embeddings."""
         return self.embed_tensor(preprocess(images, self.config))
-
-    def embed_pictures(self, images: Sequence[np.ndarray], tile_batch: int = 8) -> np.ndarray:
-        """model.extractor.embed_pictures with this extractor (tiled configs: tile by tile)."""
-        return embed_pictures(self, images, tile_batch)
 
     def graph(self) -> nn.Module:
         """This extractor as one module from pixels to patch embeddings, for the ONNX export."""
