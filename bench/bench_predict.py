@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle" / "test"
+import serving_common  # bench/, the script's folder
+
+REPO = serving_common.REPO
 STAGES = ("decode", "preprocess", "backbone", "search", "score", "map", "png")
 
 
@@ -103,15 +104,10 @@ def run_variant(name: str, variant: dict, args: argparse.Namespace, base_dir: Pa
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--index", type=Path, required=True, help="a bottle index folder with extractor.onnx")
-    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    p.add_argument("--threads", type=int, default=2)
+    serving_common.add_arguments(p)
     p.add_argument("--repeats", type=int, default=3, help="passes over the images per round")
     p.add_argument("--n-images", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants")
-    p.add_argument("--baseline-ref", default="main", help="git ref of today's code ('' to skip)")
-    p.add_argument("--baseline-index", type=Path, help="the index the baseline serves (default: --index); one built "
-                   "by the baseline code, where it cannot read this tree's metadata")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--runtime", default="torch", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -125,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.baseline_ref:
-            base_dir = Path(tmp) / "base"
-            base_dir.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_ref], capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(base_dir)], input=archive, check=True)
+            base_dir = serving_common.export_tree(args.baseline_ref, Path(tmp) / "base")
         else:
             variants.pop("base torch")
         results: dict[str, list[dict]] = {name: [] for name in variants}

@@ -23,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import serving_common  # bench/, the script's folder
+
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "mvtec_ad" / "bottle" / "test"
+REPO = serving_common.REPO
 STAGES = ("parse", "read", "queue", "decode", "preprocess", "backbone", "search", "score", "map", "render", "serialise",
           "other", "total")  # parse, serialise, other: 0 for trees older than service/timing.py
 
@@ -99,9 +100,9 @@ def run_variant(variant: dict, args: argparse.Namespace, blobs: list[bytes]) -> 
 
 def anomalib_forward(args: argparse.Namespace) -> dict:
     image = sorted(args.images.glob("*/000.png"))[0]
-    out = subprocess.run([os.path.abspath(args.anomalib_python), str(REPO / "bench" / "anomalib_forward.py"), "--image",
-                          str(image.resolve()),
-                          "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO / "bench")
+    cmd = [os.path.abspath(args.anomalib_python), str(REPO / "bench" / "anomalib_forward.py"), "--image",
+           str(image.resolve()), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO / "bench")
     if out.returncode:
         raise SystemExit(f"anomalib forward failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -109,14 +110,9 @@ def anomalib_forward(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--index", type=Path, required=True, help="a bottle index folder with extractor.onnx")
-    p.add_argument("--images", type=Path, default=DEFAULT_IMAGES)
-    p.add_argument("--threads", type=int, default=2)
+    serving_common.add_arguments(p)
     p.add_argument("--requests", type=int, default=16, help="per heatmap mode and round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--baseline-ref", default="main", help="git ref of today's code ('' to skip)")
-    p.add_argument("--baseline-index", type=Path, help="the index the baseline serves (default: --index); one built "
-                   "by the baseline code, where it cannot read this tree's metadata")
     p.add_argument("--slim-python", help="python of a torch-free venv (the slim image's packages)")
     p.add_argument("--anomalib-python", help="python of the anomalib side venv (bench/compare_anomalib.py makes "
                    ".venv-anomalib): anomalib's bare model forward, timed in each round (bench/anomalib_forward.py)")
@@ -125,11 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         variants = []
         if args.baseline_ref:
-            base = Path(tmp) / "base"
-            base.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_ref], capture_output=True,
-                                     check=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+            base = serving_common.export_tree(args.baseline_ref, Path(tmp) / "base")
             variants.append({"name": f"{args.baseline_ref} (torch)", "python": sys.executable, "src": base,
                              "index": args.baseline_index})
         variants += [{"name": "torch", "python": sys.executable, "src": REPO, "runtime": "torch"},
