@@ -46,7 +46,6 @@ from model import knn
 from model.calibration import DEFAULT_RULE
 from model.calibration import calibrate as threshold_from
 from model.config import PatchCoreConfig
-from model.coreset import nearest_sq_distances
 from model.coreset_bounded import select_coreset
 from model.errors import PatchCoreError
 from model.extractor import Extractor, embed_pictures
@@ -281,10 +280,8 @@ def chunk_picks(n_new: int, config: PatchCoreConfig) -> int:
 def greedy_continuation(new: np.ndarray, bank: np.ndarray, k: int, config: PatchCoreConfig) -> np.ndarray:
     """Rows of `new` (N, D) that the seeded greedy adds to `bank` (M, D): it starts from each new row's distance
     to the bank, so it only adds centres where the new rows are not yet covered -> (min(k, N),) row indices."""
-    pd, seed = config.projection_dim, config.seed
-    initial = nearest_sq_distances(new, bank, projection_dim=pd, seed=seed) if bank.shape[0] else None
-    return select_coreset(new, min(k, new.shape[0]), mode=config.coreset_mode, projection_dim=pd, seed=seed,
-                          initial=initial)
+    return select_coreset(new, min(k, new.shape[0]), mode=config.coreset_mode, projection_dim=config.projection_dim,
+                          seed=config.seed, bank=bank)
 
 
 def picture_grid(paths: Sequence[Path], embedder: Extractor) -> tuple[int, int]:

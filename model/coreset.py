@@ -39,6 +39,7 @@ _MAX_GROUPS = 1024  # ... up to this many groups
 # peak (screw, 205 k x 128 rows: 316 MB traced at peak against 177 MB at 8 K, same picks, no slower).
 _PAIR_CHUNK = 1 << 13
 _ROW_CHUNK = 1 << 13
+EXACT_SEARCH_MAX_CENTRES = 4096  # nearest_sq_distances: a flat search up to this many centres, an IVF beyond
 _FIXED_BATCH = 1024  # fixed centres added per bound update (bounds the centres x groups temporaries)
 _REL = 1e-4  # slack of every float32 bound against rounding: prune only when the bound clearly exceeds the distance
 _ABS = 1e-5  # ... plus this fraction of the largest squared norm
@@ -125,7 +126,8 @@ def nearest_sq_distances(
     points: np.ndarray, centres: np.ndarray, *, projection_dim: int | None, seed: int, nprobe: int = 16
 ) -> np.ndarray:
     """(N,) float64 squared distance of each point to its nearest centre, in the greedy's space (the same seeded
-    projection). Up to 4,096 centres: exact (flat). Beyond: an IVF-Flat search (about 4 sqrt(M) lists, `nprobe` probed),
+    projection). Up to EXACT_SEARCH_MAX_CENTRES centres: exact (flat). Beyond: an IVF-Flat search (about 4 sqrt(M)
+    lists, `nprobe` probed),
     whose distance is exact to the centre it finds, so a missed nearest centre can only make the value larger."""
     import faiss
 
@@ -136,7 +138,7 @@ def nearest_sq_distances(
     shift = _mean(c)
     c = c - shift
     quantizer = faiss.IndexFlatL2(c.shape[1])
-    if c.shape[0] <= 4096:
+    if c.shape[0] <= EXACT_SEARCH_MAX_CENTRES:
         index = quantizer
     else:
         nlist = int(min(4 * np.sqrt(c.shape[0]), c.shape[0] // 39))  # FAISS wants >= 39 points per list
@@ -271,7 +273,7 @@ class _KCenter:
                 self.zs[lo : lo + _ROW_CHUNK] = block
             self.y[lo : lo + _ROW_CHUNK] = (block - centre) @ rotation[:, :s1]
             del block
-        self.centre = centre
+        self.centre, self.rotation = centre, rotation[:, :s1]  # y = (z - centre) @ rotation
         self.head_sq = np.einsum("ij,ij->i", self.y, self.y)
         scale = float((self.head_sq if self.zs is None else np.einsum("ij,ij->i", self.zs, self.zs)).max())
         self.abs2 = _ABS * scale + 1e-30
@@ -324,6 +326,20 @@ class _KCenter:
 
     def _next_centres(self, want: int) -> np.ndarray:
         """Sorted positions of the next greedy centres (1..want of them), exactly as the one-at-a-time rule."""
+        idx, vals, tau = self._candidates(want)
+        picks = self._greedy_among(idx, vals, tau, want) if idx.size else []
+        if picks:
+            return idx[np.asarray(picks)]
+        # The best candidate ties with tau: fall back to one exact global argmax (lowest index among equals).
+        best = self.dmax.max()
+        groups = np.flatnonzero(self.dmax == best)
+        idx = _ranges(self.starts[groups], self.ends[groups])
+        idx = idx[self.mind[idx] == best]
+        return idx[[np.argmin(self.order[idx])]]
+
+    def _candidates(self, want: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """(sorted positions, running distances, tau): the up to 2 * want points with the largest running
+        distances above tau, ordered by original row; tau bounds every other point's running distance."""
         # Candidates: the points of the `want` groups with the largest maxima; tau bounds every other point.
         n_groups = self.dmax.size
         if n_groups > want:
@@ -341,16 +357,7 @@ class _KCenter:
             idx, vals = idx[keep], vals[keep]
             idx, vals = idx[vals > tau], vals[vals > tau]
         by_row = np.argsort(self.order[idx])  # ties go to the lowest original index, as in np.argmax
-        idx, vals = idx[by_row], vals[by_row]
-        picks = self._greedy_among(idx, vals, tau, want) if idx.size else []
-        if picks:
-            return idx[np.asarray(picks)]
-        # The best candidate ties with tau: fall back to one exact global argmax (lowest index among equals).
-        best = self.dmax.max()
-        groups = np.flatnonzero(self.dmax == best)
-        idx = _ranges(self.starts[groups], self.ends[groups])
-        idx = idx[self.mind[idx] == best]
-        return idx[[np.argmin(self.order[idx])]]
+        return idx[by_row], vals[by_row], tau
 
     def _greedy_among(self, idx: np.ndarray, vals: np.ndarray, tau: float, want: int) -> list[int]:
         """The greedy restricted to the candidates, while its pick is provably the global farthest point (> tau)."""
@@ -397,17 +404,22 @@ class _KCenter:
         A point x of group g (centroid mu, x at radius r) with running distance D(x) <= D_g can only get closer to
         centre c if |d(c, mu) - r| < D_g (triangle inequality, in the group coordinates: a lower bound).
         """
-        dist, reach, reaches = self._reaches(picks)
+        dist, reach, reaches = self._reaches(self.y[picks])
         centre, group = np.nonzero(reaches)
         return self._slices(centre, group, dist, reach)
 
-    def _reaches(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(centre-to-centroid distances (j, G), reach of each group (G,), whether centre j reaches group g (j, G))."""
-        gd = self.mu.shape[1]
-        head = self.y[picks, :gd].astype(_F64)
-        dist = np.sqrt(np.maximum((head * head).sum(1)[:, None] + self.musq[None, :] - 2.0 * (head @ self.mu.T), 0))
+    def _reaches(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """centres (j, >= gd) in y's coordinates -> (centre-to-centroid distances (j, G), reach of each group (G,),
+        whether centre j reaches group g (j, G))."""
+        dist = self._centroid_distances(centres)
         reach = np.sqrt(self.dmax) + self.eps  # (G,)
         return dist, reach, dist - self.rho[None, :] < reach[None, :]
+
+    def _centroid_distances(self, centres: np.ndarray) -> np.ndarray:
+        """centres (j, >= gd) in y's coordinates -> (j, G) distances to the group centroids, in the group
+        coordinates (a lower bound of the distance to any point of the group, less its radius)."""
+        head = centres[:, : self.mu.shape[1]].astype(_F64)
+        return np.sqrt(np.maximum((head * head).sum(1)[:, None] + self.musq[None, :] - 2.0 * (head @ self.mu.T), 0))
 
     def _slices(self, centre, group, dist, reach) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The annulus of each (centre, group) pair as a slice [lo, hi) of the sorted bank; pairs sorted by group."""

@@ -39,6 +39,8 @@ DEFAULT_NEAR_POINTS = 8192  # points a new centre may update (rounded to whole g
 # 1.9 x the extraction up to 3,174 centres and took 3.5-3.8 x at 10,240-20,480 (screw, pill_qc at 10 %), where the
 # bounded one took 0.7-2.3 x with image AUROC within 0.0044 of the exact (bench/bench_coreset_bounded.py).
 AUTO_EXACT_MAX_CENTRES = 4096
+_SEED_BATCH = 4096  # bank vectors lowering the running distances at once (seeded runs)
+_WIDE = 4  # seeded runs: a candidate is searched against the bank vectors of 4 x near_groups groups around it
 
 
 def resolve_mode(mode: str, n_select: int) -> str:
@@ -51,23 +53,39 @@ def resolve_mode(mode: str, n_select: int) -> str:
 
 
 def select_coreset(features: np.ndarray, n_select: int, *, mode: str, projection_dim: int | None, seed: int,
-                   initial: np.ndarray | None = None) -> np.ndarray:
+                   bank: np.ndarray | None = None) -> np.ndarray:
     """The builder's coreset: `mode` "exact" (model.coreset.greedy_coreset), "bounded" (this module), or "auto"
-    (resolve_mode: exact up to AUTO_EXACT_MAX_CENTRES centres, else bounded)."""
+    (resolve_mode: exact up to AUTO_EXACT_MAX_CENTRES centres, else bounded).
+
+    With `bank` (M, D), vectors chosen earlier (the memory bank so far), the greedy continues it: running
+    distances start from the bank, and only rows the bank does not cover are picked (index_store.build's chunked
+    builds and --update). The exact greedy takes every row's distance to the bank up front
+    (model.coreset.nearest_sq_distances); the bounded one lazily (bounded_greedy_coreset)."""
     mode = resolve_mode(mode, n_select)
+    has_bank = bank is not None and bank.shape[0] > 0
     if mode == "exact":
+        initial = (coreset.nearest_sq_distances(features, bank, projection_dim=projection_dim, seed=seed)
+                   if has_bank else None)
         return coreset.greedy_coreset(features, n_select, projection_dim=projection_dim, seed=seed, initial=initial)
     if mode == "bounded":
-        return bounded_greedy_coreset(features, n_select, projection_dim=projection_dim, seed=seed, initial=initial)
+        return bounded_greedy_coreset(features, n_select, projection_dim=projection_dim, seed=seed,
+                                      bank=bank if has_bank else None)
     raise ConfigError(f"unknown coreset mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
 def bounded_greedy_coreset(
     features: np.ndarray, n_select: int, *, projection_dim: int | None, seed: int, initial: np.ndarray | None = None,
-    epsilon: float = DEFAULT_EPSILON, near_points: int | None = DEFAULT_NEAR_POINTS,
+    bank: np.ndarray | None = None, epsilon: float = DEFAULT_EPSILON, near_points: int | None = DEFAULT_NEAR_POINTS,
 ) -> np.ndarray:
     """Indices (k,) int64 of the bounded greedy coreset, in selection order; the first one is the seeded start
-    (model.coreset.start_index) unless `initial` ((N,) squared distances to centres chosen elsewhere) is given.
+    (model.coreset.start_index) unless the greedy continues centres chosen elsewhere: `initial` ((N,) squared
+    distances to them) or `bank` ((M, D) the centres themselves, in feature space).
+
+    With `bank`, no row's distance to the bank is searched up front (at 20,000 images that search of 2 M rows
+    against a 200 k-vector bank took 70-110 s per chunk, 5-8 x the greedy itself). Each bank vector first lowers the
+    running distances of its nearest groups, like a centre of this greedy (step 2 of the module docstring): upper
+    bounds. A row is searched again, against the bank vectors around 4 x as many groups, only when it is about to
+    be picked, i.e. among a round's candidates: about two rows per pick.
 
     epsilon in [0, 1): each pick is at least (1 - epsilon) x the farthest point's distance. near_points: points a new
     centre may update (None: all that its annulus reaches, i.e. exact updates). Fewer than n_select come back only
@@ -76,18 +94,30 @@ def bounded_greedy_coreset(
         raise ConfigError(f"epsilon must be in [0, 1), got {epsilon}")
     if near_points is not None and near_points < 1:
         raise ConfigError(f"near_points must be >= 1 or None, got {near_points}")
+    if initial is not None and bank is not None:
+        raise ConfigError("pass either initial distances or the bank, not both")
     x = coreset._as_points(features)
     coreset.check_size(x.shape[0], n_select)
+    mean = coreset._mean(x)
+    projection = None
     if projection_dim is None or projection_dim >= x.shape[1]:
-        base, shift = x, coreset._mean(x)
+        base, shift = x, mean
     else:
         base, shift = coreset.project(x, projection_dim, seed), None
+        projection = coreset._projection(x.shape[1], projection_dim, seed)
     if initial is not None:
         initial = np.asarray(initial, dtype=np.float64).reshape(-1)
         if initial.shape[0] != x.shape[0]:
             raise ConfigError(f"initial distances: {initial.shape[0]} values for {x.shape[0]} rows")
+    if bank is not None:
+        bank = coreset._as_points(bank)
+        if bank.shape[1] != x.shape[1]:
+            raise ConfigError(f"bank vectors have {bank.shape[1]} dimensions, the rows {x.shape[1]}")
     with coreset.one_blas_thread():
         kc = _BoundedKCenter(base, shift, epsilon, near_points)
+        if bank is not None:  # into the rows' frame z: centred on the rows' mean, then projected like them
+            kc.seed_with_bank(bank, mean, projection)
+            return kc.run(n_select, 0, None, None, seeded=True)
         if initial is not None:
             return kc.run(n_select, 0, None, initial)
         return kc.run(n_select, coreset.start_index(x.shape[0], seed))
@@ -105,11 +135,95 @@ class _BoundedKCenter(coreset._KCenter):
         self.relax = (1.0 - epsilon) ** 2  # on squared distances
         size = max(1.0, self.n / self.counts.size)  # mean group size
         self.near_groups = None if near_points is None else max(1, int(round(near_points / size)))
+        self.pending: np.ndarray | None = None  # seeded runs: rows whose distance to the bank is an upper bound
+        self.bank_y = self.bank_sq = self.wide = None  # seeded runs: the bank in y's frame, its lookup by group
+        self.searched = 0  # rows searched in the bank (seeded runs)
 
-    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
+    def seed_with_bank(self, bank: np.ndarray, mean: np.ndarray, projection: np.ndarray | None) -> None:
+        """Running distances from the bank (M, D) in feature space (the rows' frame: minus mean, then @ projection).
+
+        Each bank vector lowers the running distances of its near_groups nearest groups (by centroid), as a centre
+        does in _add_centres, but group by group: one (rows x d) @ (d x bank vectors) product per group. These are
+        upper bounds. A row is searched again, against the bank vectors that have its group among their
+        _WIDE x near_groups nearest, when it becomes a candidate (_candidates); rows no bank vector reached are
+        searched against the whole bank now."""
+        ys = []
+        for lo in range(0, bank.shape[0], coreset._ROW_CHUNK):
+            z = bank[lo : lo + coreset._ROW_CHUNK] - mean
+            if projection is not None:
+                z = z @ projection
+            ys.append((z - self.centre) @ self.rotation)
+        self.bank_y = np.concatenate(ys)
+        self.bank_sq = np.einsum("ij,ij->i", self.bank_y, self.bank_y)
+        n_groups = self.counts.size
+        m = n_groups if self.near_groups is None else min(self.near_groups, n_groups)
+        w = min(n_groups, _WIDE * m)
+        near = np.empty((self.bank_y.shape[0], w), np.int64)  # each bank vector's w nearest groups, nearest first
+        for lo in range(0, self.bank_y.shape[0], _SEED_BATCH):
+            dist = self._centroid_distances(self.bank_y[lo : lo + _SEED_BATCH])
+            part = np.argpartition(dist, w - 1, axis=1)[:, :w] if w < n_groups else np.argsort(dist, axis=1)
+            near[lo : lo + _SEED_BATCH] = np.take_along_axis(
+                part, np.argsort(np.take_along_axis(dist, part, axis=1), axis=1), axis=1)
+        self.wide = _by_group(near, n_groups)  # group -> bank vectors that have it among their w nearest
+        seed_members, seed_bounds = _by_group(near[:, :m], n_groups)
+        self.mind[:] = np.inf
+        for g in range(n_groups):
+            q = seed_members[seed_bounds[g] : seed_bounds[g + 1]]
+            if q.size:
+                a, b = int(self.starts[g]), int(self.ends[g])
+                self._lower_by_bank(slice(a, b), q)
+        self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+        self.pending = np.ones(self.n, bool)  # rows whose distance to the bank is still an upper bound
+        unreached = np.flatnonzero(np.isinf(self.mind))
+        if unreached.size:
+            self._search_bank(unreached)
+        unreached = np.flatnonzero(np.isinf(self.mind))
+        if unreached.size:  # not even among a bank vector's wide groups: the whole bank, block by block
+            for lo in range(0, self.bank_y.shape[0], _SEED_BATCH):
+                self._lower_by_bank(unreached, np.arange(lo, min(lo + _SEED_BATCH, self.bank_y.shape[0])))
+            self._refresh(self.group[unreached])
+
+    def _lower_by_bank(self, rows: np.ndarray | slice, bank_ids: np.ndarray) -> None:
+        """mind[rows] <- min(mind[rows], squared distance to the nearest of the bank vectors bank_ids)."""
+        for lo in range(0, bank_ids.size, _SEED_BATCH):  # bounds the (rows x bank vectors) temporary
+            q = bank_ids[lo : lo + _SEED_BATCH]
+            part = self.y[rows] @ (-2.0 * self.bank_y[q].T)  # -2 x.c
+            part += self.bank_sq[q]
+            best = np.maximum(part.min(axis=1) + self.head_sq[rows], 0.0)
+            self.mind[rows] = np.minimum(self.mind[rows], best)
+
+    def _search_bank(self, rows: np.ndarray) -> None:
+        """mind <- min(mind, distance to the bank vectors that have the row's group among their wide groups), for
+        rows (sorted positions); those rows are then no longer pending."""
+        rows = np.sort(rows)
+        members, bounds = self.wide
+        groups = self.group[rows]
+        heads = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1, rows.size]
+        for a, b in zip(heads[:-1].tolist(), heads[1:].tolist()):
+            g = groups[a]
+            q = members[bounds[g] : bounds[g + 1]]
+            if q.size:
+                self._lower_by_bank(rows[a:b], q)
+        self.pending[rows] = False
+        self.searched += rows.size
+        self._refresh(groups)
+
+    def _candidates(self, want: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """The base rule's candidates, once each of them has its distance to the bank searched (seeded runs)."""
+        while True:
+            idx, vals, tau = super()._candidates(want)
+            todo = idx[self.pending[idx]] if self.pending is not None else idx[:0]
+            if not todo.size:
+                return idx, vals, tau
+            self._search_bank(todo)
+
+    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None,
+            seeded: bool = False) -> np.ndarray:
         if fixed is not None:
             raise ConfigError("the bounded greedy takes initial distances, not fixed rows")
         selected = np.empty(k, dtype=np.int64)
+        if seeded:  # seed_with_bank set the running distances
+            return self._loop(selected, k, 0)
         if initial is not None:
             self.mind[:] = np.maximum(initial[self.order].astype(np.float64), 0.0)
             self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
@@ -145,42 +259,59 @@ class _BoundedKCenter(coreset._KCenter):
             u[i] = 0.0
         return picks
 
-    def _annuli(self, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The exact rule's (centre, group) pairs, cut to each centre's near_groups nearest groups."""
-        dist, reach, reaches = self._reaches(picks)
+    def _annuli(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The exact rule's (centre, group) pairs for centres (j, d) in y's coordinates, cut to each centre's
+        near_groups nearest groups."""
+        dist, reach, reaches = self._reaches(centres)
         m = self.near_groups
         if m is None or m >= dist.shape[1]:
             centre, group = np.nonzero(reaches)
         else:
             masked = np.where(reaches, dist, np.inf)
             group = np.argpartition(masked, m - 1, axis=1)[:, :m].ravel()  # (j * m,) the m nearest per centre
-            centre = np.repeat(np.arange(picks.size), m)
+            centre = np.repeat(np.arange(centres.shape[0]), m)
             keep = np.isfinite(masked[centre, group])
             centre, group = centre[keep], group[keep]
         return self._slices(centre, group, dist, reach)
 
     def _add_centres(self, picks: np.ndarray) -> None:
-        """mind <- min(mind, d(., c)^2) over the new centres c, group by group, on the slices the centres reach."""
-        pair_centre, lo, hi = self._annuli(picks)
-        cen = self.y[picks]
-        weights = -2.0 * cen.T  # (d, j)
-        cen_sq = np.einsum("ij,ij->i", cen, cen)
-        touched = [self.group[picks]]
-        if lo.size:
-            group_of = self.group[lo]
-            heads = np.r_[0, np.flatnonzero(group_of[1:] != group_of[:-1]) + 1]
-            seg_lo = np.minimum.reduceat(lo, heads).tolist()
-            seg_hi = np.maximum.reduceat(hi, heads).tolist()
-            bounds = np.r_[heads, lo.size].tolist()
-            for i, (a, b) in enumerate(zip(seg_lo, seg_hi)):
-                q = pair_centre[bounds[i] : bounds[i + 1]]
-                part = self.y[a:b] @ weights[:, q]  # (rows, centres): -2 x.c
-                part += cen_sq[q]
-                best = part.min(axis=1) + self.head_sq[a:b]  # + |x|^2: the squared distance to the nearest centre
-                np.minimum(self.mind[a:b], np.maximum(best, 0.0), out=self.mind[a:b])
-            touched.append(group_of[heads])
+        """mind <- min(mind, d(., c)^2) over the new centres c (sorted positions), on the slices they reach."""
+        touched = self._lower_to(self.y[picks])
         self.mind[picks] = 0.0
-        groups = np.unique(np.concatenate(touched))
+        self._refresh(np.concatenate([touched, self.group[picks]]))
+
+    def _lower_to(self, centres: np.ndarray) -> np.ndarray:
+        """mind <- min(mind, d(., c)^2) over centres (j, d) in y's coordinates, group by group, on the slices the
+        centres reach. Returns the groups touched (their dmax is stale until _refresh)."""
+        pair_centre, lo, hi = self._annuli(centres)
+        if not lo.size:
+            return np.empty(0, np.int64)
+        weights = -2.0 * centres.T  # (d, j)
+        cen_sq = np.einsum("ij,ij->i", centres, centres)
+        group_of = self.group[lo]
+        heads = np.r_[0, np.flatnonzero(group_of[1:] != group_of[:-1]) + 1]
+        seg_lo = np.minimum.reduceat(lo, heads).tolist()
+        seg_hi = np.maximum.reduceat(hi, heads).tolist()
+        bounds = np.r_[heads, lo.size].tolist()
+        for i, (a, b) in enumerate(zip(seg_lo, seg_hi)):
+            q = pair_centre[bounds[i] : bounds[i + 1]]
+            part = self.y[a:b] @ weights[:, q]  # (rows, centres): -2 x.c
+            part += cen_sq[q]
+            best = part.min(axis=1) + self.head_sq[a:b]  # + |x|^2: the squared distance to the nearest centre
+            np.minimum(self.mind[a:b], np.maximum(best, 0.0), out=self.mind[a:b])
+        return group_of[heads]
+
+    def _refresh(self, groups: np.ndarray) -> None:
+        """dmax of the given groups (repeats allowed) from mind."""
+        groups = np.unique(groups)
         sizes = self.counts[groups]
         self.dmax[groups] = np.maximum.reduceat(self.mind[coreset._ranges(self.starts[groups], self.ends[groups])],
                                                 np.cumsum(sizes) - sizes)
+
+
+def _by_group(near: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """near (M, w) group ids per bank vector -> (bank vector ids grouped by group, bounds (G + 1,)): the vectors
+    that have group g among theirs are members[bounds[g]:bounds[g + 1]]."""
+    flat = near.ravel()
+    by_group = np.argsort(flat, kind="stable")
+    return by_group // near.shape[1], np.searchsorted(flat[by_group], np.arange(n_groups + 1))

@@ -27,7 +27,7 @@ from model import knn, scoring
 from model.errors import ConfigError
 
 # Above this many bank vectors, the training patches' neighbour lists come from an IVF-Flat search of the bank
-# (a twelfth of the cells probed, 4 at least; the farthest 1 % of the patches searched again exactly): on screw
+# (knn.approximate_index; the farthest 1 % of the patches searched again exactly): on screw
 # (2,048 vectors, 205 k patches) it finds the exact nearest vector of 99.6 % of the patches at a tenth of a flat
 # search's cost. A miss can only overstate a distance (a higher, more cautious threshold).
 EXACT_ASSIGNMENT_MAX_BANK = 1000
@@ -153,14 +153,7 @@ def nearest_bank_vectors(index: faiss.Index, bank: np.ndarray, rows: np.ndarray,
     distance is exact to the vector it finds (a missed nearest one can only overstate the distance)."""
     search_index = index
     if bank.shape[0] > EXACT_ASSIGNMENT_MAX_BANK:
-        d = bank.shape[1]
-        nlist = int(min(4 * np.sqrt(bank.shape[0]), bank.shape[0] // knn.MIN_POINTS_PER_CELL))
-        search_index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-        search_index.cp.seed = seed
-        search_index.cp.niter = IVF_TRAIN_ITERATIONS
-        search_index.train(bank)
-        search_index.add(bank)
-        search_index.nprobe = int(min(16, max(4, nlist // 12), nlist))
+        search_index = knn.approximate_index(bank, seed, train_iterations=IVF_TRAIN_ITERATIONS)
     sq = np.empty((rows.shape[0], k), np.float32)
     ids = np.empty((rows.shape[0], k), np.int32)
     for lo in range(0, rows.shape[0], batch):

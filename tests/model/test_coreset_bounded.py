@@ -73,6 +73,52 @@ def test_initial_distances_extend_a_bank():
     assert both.shape == (800, 16)
 
 
+@pytest.mark.parametrize("projection_dim", [None, 8])
+def test_a_bank_seeds_the_greedy_as_its_exact_distances_do(projection_dim):
+    """Every group updated (near_points None), no slack: seeding from the bank vectors gives the picks that the
+    rows' exact distances to the bank give (float32 vs float64: near-ties may swap a few), first the row farthest
+    from the bank, in the greedy's (projected) space."""
+    x = blobs(6000, 16, seed=8)
+    bank, new = x[:600], x[600:]
+    initial = nearest_sq_distances(new, bank, projection_dim=projection_dim, seed=1)  # flat: exact
+    seeded = bounded_greedy_coreset(new, 300, projection_dim=projection_dim, seed=1, bank=bank, epsilon=0.0,
+                                    near_points=None)
+    slow = greedy_coreset_reference(new, 300, projection_dim=projection_dim, seed=1, initial=initial)
+    assert seeded[0] == slow[0] == int(np.argmax(initial))
+    assert len(set(seeded.tolist()) & set(slow.tolist())) >= 0.9 * 300
+    both = np.concatenate([bank, new])
+    assert coverage_radius(both, np.r_[np.arange(600), 600 + seeded]) == pytest.approx(
+        coverage_radius(both, np.r_[np.arange(600), 600 + slow]), rel=1e-3)
+
+
+@pytest.mark.parametrize("data", ["noise", "blobs"])
+def test_a_bank_seeds_the_default_greedy_without_picking_covered_rows(data):
+    """Defaults scaled down (each bank vector reaches one group; candidates are searched around four): rows that
+    duplicate bank vectors are never picked, and the radius stays within 10 % of the exactly seeded greedy's."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((12000, 24)).astype(np.float32) if data == "noise" else blobs(12000, 24, seed=9)
+    bank = x[:2000]
+    new = np.concatenate([bank[:1000], x[2000:]])  # the first 1,000 rows are bank vectors
+    seeded = bounded_greedy_coreset(new, 500, projection_dim=None, seed=0, bank=bank, near_points=256)
+    assert len(set(seeded.tolist())) == 500 and seeded.min() >= 1000
+    initial = sq_to(new, bank)
+    exact = bounded_greedy_coreset(new, 500, projection_dim=None, seed=0, initial=initial, near_points=None)
+    both = np.concatenate([bank, new])
+    radius = {name: coverage_radius(both, np.r_[np.arange(2000), 2000 + picks])
+              for name, picks in (("seeded", seeded), ("exact", exact))}
+    assert radius["seeded"] <= 1.10 * radius["exact"]
+
+
+def test_select_continues_a_bank_in_either_greedy():
+    x = blobs(4000, 12, seed=10)
+    bank, new = x[:400], x[400:]
+    for mode in ("exact", "bounded"):
+        picks = select_coreset(new, 200, mode=mode, projection_dim=None, seed=0, bank=bank)
+        assert picks[0] == int(np.argmax(sq_to(new, bank)))
+    with pytest.raises(ConfigError, match="either"):
+        bounded_greedy_coreset(new, 10, projection_dim=None, seed=0, bank=bank, initial=sq_to(new, bank))
+
+
 def test_duplicates_stop_at_the_distinct_count():
     grid = np.stack(np.meshgrid(np.arange(20), np.arange(20)), -1).reshape(-1, 2).astype(np.float32)
     x = np.repeat(grid, 3, axis=0)[np.random.default_rng(1).permutation(1200)]
