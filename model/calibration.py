@@ -129,9 +129,11 @@ def student_t_threshold(scores: np.ndarray, target_fpr: float) -> float:
     s = np.asarray(scores, dtype=np.float64)
     n = s.size
     std = max(float(s.std(ddof=1)), 1e-12)
-    from scipy.stats import t as student_t  # here, not at import: scipy.stats costs a server 0.6 s of start-up
+    # Student's t quantile: scipy.special's inverse CDF (what scipy.stats.t.ppf calls), imported here: scipy.special
+    # takes 0.3 s to import where scipy.stats takes 0.9 s, paid by every build's calibration stage.
+    from scipy.special import stdtrit
 
-    return float(s.mean() + student_t.ppf(1.0 - target_fpr, df=n - 1) * std * math.sqrt(1.0 + 1.0 / n))
+    return float(s.mean() + stdtrit(n - 1, 1.0 - target_fpr) * std * math.sqrt(1.0 + 1.0 / n))
 
 
 def gpd_threshold(scores: np.ndarray, target_fpr: float, tail_fraction: float = 0.3, min_tail: int = 8) -> float:
