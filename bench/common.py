@@ -275,6 +275,16 @@ def coverage_radius_of(x: np.ndarray, centres: np.ndarray, block: int = 4096) ->
     return float(np.sqrt(max(best, 0.0)))
 
 
+def nearest_sq(x: np.ndarray, centres: np.ndarray, block: int = 16384) -> np.ndarray:
+    """(n,) squared distance of each row of x to its nearest centre vector: an exact (flat) search, block by block."""
+    import faiss
+
+    flat = faiss.IndexFlatL2(centres.shape[1])
+    flat.add(np.ascontiguousarray(centres, dtype=np.float32))
+    return np.concatenate([flat.search(np.ascontiguousarray(x[lo : lo + block], dtype=np.float32), 1)[0][:, 0]
+                           for lo in range(0, x.shape[0], block)])
+
+
 def augmented_embeddings(n: int) -> np.ndarray:
     """Patch embeddings (n * 1024, D) of the first n augmented images (default config), cached in /tmp."""
     from model.config import PatchCoreConfig
