@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model import coreset
+from model import coreset, knn
 from model.errors import ConfigError
 
 MODES = ("auto", "bounded", "exact")
@@ -40,7 +40,6 @@ DEFAULT_NEAR_POINTS = 8192  # points a new centre may update (rounded to whole g
 # bounded one took 0.7-2.3 x with image AUROC within 0.0044 of the exact (bench/bench_coreset_bounded.py).
 AUTO_EXACT_MAX_CENTRES = 4096
 _SEED_BATCH = 4096  # bank vectors lowering the running distances at once (seeded runs)
-_WIDE = 4  # seeded runs: a candidate is searched against the bank vectors of 4 x near_groups groups around it
 
 
 def resolve_mode(mode: str, n_select: int) -> str:
@@ -84,8 +83,8 @@ def bounded_greedy_coreset(
     With `bank`, no row's distance to the bank is searched up front (at 20,000 images that search of 2 M rows
     against a 200 k-vector bank took 70-110 s per chunk, 5-8 x the greedy itself). Each bank vector first lowers the
     running distances of its nearest groups, like a centre of this greedy (step 2 of the module docstring): upper
-    bounds. A row is searched again, against the bank vectors around 4 x as many groups, only when it is about to
-    be picked, i.e. among a round's candidates: about two rows per pick.
+    bounds. A row's distance to the bank is searched (an inverted file on numpy's BLAS, knn.CellSearch) only
+    when it is about to be picked, i.e. among a round's candidates: about two rows per pick.
 
     epsilon in [0, 1): each pick is at least (1 - epsilon) x the farthest point's distance. near_points: points a new
     centre may update (None: all that its annulus reaches, i.e. exact updates). Fewer than n_select come back only
@@ -116,7 +115,7 @@ def bounded_greedy_coreset(
     with coreset.one_blas_thread():
         kc = _BoundedKCenter(base, shift, epsilon, near_points)
         if bank is not None:  # into the rows' frame z: centred on the rows' mean, then projected like them
-            kc.seed_with_bank(bank, mean, projection)
+            kc.seed_with_bank(bank, mean, projection, seed)
             return kc.run(n_select, 0, None, None, seeded=True)
         if initial is not None:
             return kc.run(n_select, 0, None, initial)
@@ -136,77 +135,60 @@ class _BoundedKCenter(coreset._KCenter):
         size = max(1.0, self.n / self.counts.size)  # mean group size
         self.near_groups = None if near_points is None else max(1, int(round(near_points / size)))
         self.pending: np.ndarray | None = None  # seeded runs: rows whose distance to the bank is an upper bound
-        self.bank_y = self.bank_sq = self.wide = None  # seeded runs: the bank in y's frame, its lookup by group
+        self.bank_search = None  # seeded runs: the bank (in y's frame) to search candidates in
         self.searched = 0  # rows searched in the bank (seeded runs)
 
-    def seed_with_bank(self, bank: np.ndarray, mean: np.ndarray, projection: np.ndarray | None) -> None:
+    def seed_with_bank(self, bank: np.ndarray, mean: np.ndarray, projection: np.ndarray | None, seed: int) -> None:
         """Running distances from the bank (M, D) in feature space (the rows' frame: minus mean, then @ projection).
 
         Each bank vector lowers the running distances of its near_groups nearest groups (by centroid), as a centre
         does in _add_centres, but group by group: one (rows x d) @ (d x bank vectors) product per group. These are
-        upper bounds. A row is searched again, against the bank vectors that have its group among their
-        _WIDE x near_groups nearest, when it becomes a candidate (_candidates); rows no bank vector reached are
-        searched against the whole bank now."""
+        upper bounds. A row's distance to the bank is searched (bank_search) when it becomes a candidate
+        (_candidates), and now for rows no bank vector reached."""
         ys = []
         for lo in range(0, bank.shape[0], coreset._ROW_CHUNK):
             z = bank[lo : lo + coreset._ROW_CHUNK] - mean
             if projection is not None:
                 z = z @ projection
             ys.append((z - self.centre) @ self.rotation)
-        self.bank_y = np.concatenate(ys)
-        self.bank_sq = np.einsum("ij,ij->i", self.bank_y, self.bank_y)
+        bank_y = np.concatenate(ys)
+        bank_sq = np.einsum("ij,ij->i", bank_y, bank_y)
         n_groups = self.counts.size
         m = n_groups if self.near_groups is None else min(self.near_groups, n_groups)
-        w = min(n_groups, _WIDE * m)
-        near = np.empty((self.bank_y.shape[0], w), np.int64)  # each bank vector's w nearest groups, nearest first
-        for lo in range(0, self.bank_y.shape[0], _SEED_BATCH):
-            dist = self._centroid_distances(self.bank_y[lo : lo + _SEED_BATCH])
-            part = np.argpartition(dist, w - 1, axis=1)[:, :w] if w < n_groups else np.argsort(dist, axis=1)
-            near[lo : lo + _SEED_BATCH] = np.take_along_axis(
-                part, np.argsort(np.take_along_axis(dist, part, axis=1), axis=1), axis=1)
-        self.wide = _by_group(near, n_groups)  # group -> bank vectors that have it among their w nearest
-        seed_members, seed_bounds = _by_group(near[:, :m], n_groups)
+        near = np.empty((bank_y.shape[0], m), np.int64)  # each bank vector's m nearest groups
+        for lo in range(0, bank_y.shape[0], _SEED_BATCH):
+            dist = self._centroid_distances(bank_y[lo : lo + _SEED_BATCH])
+            near[lo : lo + _SEED_BATCH] = (np.argpartition(dist, m - 1, axis=1)[:, :m] if m < n_groups
+                                           else np.arange(n_groups))
+        flat = near.ravel()
+        by_group = np.argsort(flat, kind="stable")
+        members = by_group // m  # bank vector ids, grouped by the group they lower
+        bounds = np.searchsorted(flat[by_group], np.arange(n_groups + 1))
         self.mind[:] = np.inf
         for g in range(n_groups):
-            q = seed_members[seed_bounds[g] : seed_bounds[g + 1]]
-            if q.size:
-                a, b = int(self.starts[g]), int(self.ends[g])
-                self._lower_by_bank(slice(a, b), q)
+            a, b = int(self.starts[g]), int(self.ends[g])
+            for lo in range(int(bounds[g]), int(bounds[g + 1]), _SEED_BATCH):  # bounds the (rows x q) temporary
+                q = members[lo : min(lo + _SEED_BATCH, int(bounds[g + 1]))]
+                part = self.y[a:b] @ (-2.0 * bank_y[q].T)  # -2 x.c
+                part += bank_sq[q]
+                best = np.maximum(part.min(axis=1) + self.head_sq[a:b], 0.0)
+                np.minimum(self.mind[a:b], best, out=self.mind[a:b])
         self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
+        # A few rows per pick are searched: an inverted file on numpy's BLAS (one cell, i.e. flat, for small banks)
+        self.bank_search = knn.CellSearch(bank_y, seed)
         self.pending = np.ones(self.n, bool)  # rows whose distance to the bank is still an upper bound
         unreached = np.flatnonzero(np.isinf(self.mind))
         if unreached.size:
             self._search_bank(unreached)
-        unreached = np.flatnonzero(np.isinf(self.mind))
-        if unreached.size:  # not even among a bank vector's wide groups: the whole bank, block by block
-            for lo in range(0, self.bank_y.shape[0], _SEED_BATCH):
-                self._lower_by_bank(unreached, np.arange(lo, min(lo + _SEED_BATCH, self.bank_y.shape[0])))
-            self._refresh(self.group[unreached])
-
-    def _lower_by_bank(self, rows: np.ndarray | slice, bank_ids: np.ndarray) -> None:
-        """mind[rows] <- min(mind[rows], squared distance to the nearest of the bank vectors bank_ids)."""
-        for lo in range(0, bank_ids.size, _SEED_BATCH):  # bounds the (rows x bank vectors) temporary
-            q = bank_ids[lo : lo + _SEED_BATCH]
-            part = self.y[rows] @ (-2.0 * self.bank_y[q].T)  # -2 x.c
-            part += self.bank_sq[q]
-            best = np.maximum(part.min(axis=1) + self.head_sq[rows], 0.0)
-            self.mind[rows] = np.minimum(self.mind[rows], best)
 
     def _search_bank(self, rows: np.ndarray) -> None:
-        """mind <- min(mind, distance to the bank vectors that have the row's group among their wide groups), for
-        rows (sorted positions); those rows are then no longer pending."""
-        rows = np.sort(rows)
-        members, bounds = self.wide
-        groups = self.group[rows]
-        heads = np.r_[0, np.flatnonzero(groups[1:] != groups[:-1]) + 1, rows.size]
-        for a, b in zip(heads[:-1].tolist(), heads[1:].tolist()):
-            g = groups[a]
-            q = members[bounds[g] : bounds[g + 1]]
-            if q.size:
-                self._lower_by_bank(rows[a:b], q)
+        """mind <- min(mind, distance to the bank) for rows (sorted positions), searched in bank_search; those rows
+        are then no longer pending."""
+        sq = self.bank_search.search(self.y[rows])
+        self.mind[rows] = np.minimum(self.mind[rows], sq.astype(np.float64))
         self.pending[rows] = False
         self.searched += rows.size
-        self._refresh(groups)
+        self._refresh(self.group[rows])
 
     def _candidates(self, want: int) -> tuple[np.ndarray, np.ndarray, float]:
         """The base rule's candidates, once each of them has its distance to the bank searched (seeded runs)."""
@@ -308,10 +290,3 @@ class _BoundedKCenter(coreset._KCenter):
         self.dmax[groups] = np.maximum.reduceat(self.mind[coreset._ranges(self.starts[groups], self.ends[groups])],
                                                 np.cumsum(sizes) - sizes)
 
-
-def _by_group(near: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """near (M, w) group ids per bank vector -> (bank vector ids grouped by group, bounds (G + 1,)): the vectors
-    that have group g among theirs are members[bounds[g]:bounds[g + 1]]."""
-    flat = near.ravel()
-    by_group = np.argsort(flat, kind="stable")
-    return by_group // near.shape[1], np.searchsorted(flat[by_group], np.arange(n_groups + 1))
