@@ -113,3 +113,24 @@ def test_flat_nearest_equals_faiss_flat_search_and_float64_brute_force(query_blo
     assert sq.dtype == np.float32 and ids.dtype == np.int64 and sq.shape == ids.shape == (161, 1)
     with pytest.raises(ConfigError, match="IndexFlatL2"):
         knn.FlatNearest(knn.build_index(bank, IndexConfig(kind="hnsw"), seed=0))
+
+
+def test_cell_search_finds_the_nearest_vector_of_clustered_queries_and_never_underestimates(monkeypatch):
+    """knn.CellSearch (the bounded greedy's candidate search): on clustered data, the nearest vector for nearly every
+    query (as FAISS's IVF-Flat with the same cells and probes would); a distance it returns is always that of a
+    real bank vector, hence never below the true nearest one; duplicates of bank vectors come out at ~0."""
+    monkeypatch.setattr(knn, "SEARCH_BATCH", 500)  # several query batches, a ragged last one
+    rng = np.random.default_rng(2)
+    centres = rng.standard_normal((60, 16)) * 5
+    bank = (centres[rng.integers(60, size=6000)] + rng.standard_normal((6000, 16))).astype(np.float32)
+    queries = (centres[rng.integers(60, size=1300)] + rng.standard_normal((1300, 16))).astype(np.float32)
+    search = knn.CellSearch(bank, seed=0)
+    assert len(search.bounds) - 1 == int(np.sqrt(6000))  # 77 cells, 16 probed
+    got = search.search(queries).astype(np.float64)
+    exact = brute_force(bank, queries, 1)[0][:, 0]
+    assert np.all(got >= exact * (1 - 1e-4) - 1e-4)
+    assert np.mean(np.isclose(got, exact, rtol=1e-4, atol=1e-4)) >= 0.97
+    assert search.search(bank[:50]).max() <= 1e-4 * float((bank * bank).sum(1).max())
+    one_cell = knn.CellSearch(bank[:60], seed=0)  # under 2 x 39 vectors: one cell, i.e. a flat search
+    np.testing.assert_allclose(one_cell.search(queries), brute_force(bank[:60], queries, 1)[0][:, 0], rtol=1e-4,
+                               atol=1e-3)
