@@ -11,10 +11,11 @@ chunk's greedy starts from the bank built so far and adds ratio x the chunk's ro
 
 On the augmented bottle embeddings (bench/common.augmented_embeddings, 1,024 rows per image) it mirrors the
 builder's chunks both ways and prints each chunk's time, the bank sizes, and the coverage radius of both final
-banks over a sample of the rows (largest, 99th percentile and mean distance to the nearest bank vector). --bank-only adds one chunk against a bank of other images' rows (not greedy picks:
-it times the seeding at a bank size the chunked run does not reach here).
+banks over a sample of the rows (largest, 99th percentile and mean distance to the nearest bank vector).
+--bank-only adds one chunk against a bank of other images' rows (not greedy picks: it times the seeding at a bank
+size the chunked run does not reach here).
 
-    python bench/bench_chunk_seeding.py                                  # 2,200 images, 4 chunks of 500 k rows, 1 %
+    python bench/bench_chunk_seeding.py                                  # 2,200 images, 5 chunks of 500 k rows, 1 %
     python bench/bench_chunk_seeding.py --images 2200 --chunk-rows 2000000 --bank-only 200000
 """
 

@@ -25,10 +25,10 @@ import numpy as np
 
 from index_store.build import MIN_BANK, buffer_rows, chunk_picks, greedy_continuation
 from model.config import PatchCoreConfig
-from model.coreset import nearest_sq_distances
+from model.coreset import EXACT_SEARCH_MAX_CENTRES, nearest_sq_distances
 from model.coreset_bounded import select_coreset
 
-EXACT_MAX_BANK = 4096  # as model.coreset.nearest_sq_distances: flat up to here, IVF-Flat beyond
+EXACT_MAX_BANK = EXACT_SEARCH_MAX_CENTRES  # as model.coreset.nearest_sq_distances: flat up to here, IVF-Flat beyond
 
 
 class BankFilter:

@@ -127,8 +127,8 @@ def nearest_sq_distances(
 ) -> np.ndarray:
     """(N,) float64 squared distance of each point to its nearest centre, in the greedy's space (the same seeded
     projection). Up to EXACT_SEARCH_MAX_CENTRES centres: exact (flat). Beyond: an IVF-Flat search (about 4 sqrt(M)
-    lists, `nprobe` probed),
-    whose distance is exact to the centre it finds, so a missed nearest centre can only make the value larger."""
+    lists, `nprobe` probed), whose distance is exact to the centre it finds, so a missed nearest centre can only make
+    the value larger."""
     import faiss
 
     x, c = _as_points(points), _as_points(centres)

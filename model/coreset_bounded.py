@@ -101,9 +101,9 @@ def bounded_greedy_coreset(
     projection = None
     if projection_dim is None or projection_dim >= x.shape[1]:
         base, shift = x, mean
-    else:
-        base, shift = coreset.project(x, projection_dim, seed), None
+    else:  # coreset.project, with the mean and the projection kept for the bank
         projection = coreset._projection(x.shape[1], projection_dim, seed)
+        base, shift = (x - mean) @ projection, None
     if initial is not None:
         initial = np.asarray(initial, dtype=np.float64).reshape(-1)
         if initial.shape[0] != x.shape[0]:
@@ -116,7 +116,7 @@ def bounded_greedy_coreset(
         kc = _BoundedKCenter(base, shift, epsilon, near_points)
         if bank is not None:  # into the rows' frame z: centred on the rows' mean, then projected like them
             kc.seed_with_bank(bank, mean, projection, seed)
-            return kc.run(n_select, 0, None, None, seeded=True)
+            return kc.run(n_select, 0)
         if initial is not None:
             return kc.run(n_select, 0, None, initial)
         return kc.run(n_select, coreset.start_index(x.shape[0], seed))
@@ -136,7 +136,6 @@ class _BoundedKCenter(coreset._KCenter):
         self.near_groups = None if near_points is None else max(1, int(round(near_points / size)))
         self.pending: np.ndarray | None = None  # seeded runs: rows whose distance to the bank is an upper bound
         self.bank_search = None  # seeded runs: the bank (in y's frame) to search candidates in
-        self.searched = 0  # rows searched in the bank (seeded runs)
 
     def seed_with_bank(self, bank: np.ndarray, mean: np.ndarray, projection: np.ndarray | None, seed: int) -> None:
         """Running distances from the bank (M, D) in feature space (the rows' frame: minus mean, then @ projection).
@@ -169,10 +168,7 @@ class _BoundedKCenter(coreset._KCenter):
             a, b = int(self.starts[g]), int(self.ends[g])
             for lo in range(int(bounds[g]), int(bounds[g + 1]), _SEED_BATCH):  # bounds the (rows x q) temporary
                 q = members[lo : min(lo + _SEED_BATCH, int(bounds[g + 1]))]
-                part = self.y[a:b] @ (-2.0 * bank_y[q].T)  # -2 x.c
-                part += bank_sq[q]
-                best = np.maximum(part.min(axis=1) + self.head_sq[a:b], 0.0)
-                np.minimum(self.mind[a:b], best, out=self.mind[a:b])
+                self._lower_slice(a, b, -2.0 * bank_y[q].T, bank_sq[q])
         self.dmax[:] = np.maximum.reduceat(self.mind, self.starts)
         # A few rows per pick are searched: an inverted file on numpy's BLAS (one cell, i.e. flat, for small banks)
         self.bank_search = knn.CellSearch(bank_y, seed)
@@ -187,7 +183,6 @@ class _BoundedKCenter(coreset._KCenter):
         sq = self.bank_search.search(self.y[rows])
         self.mind[rows] = np.minimum(self.mind[rows], sq.astype(np.float64))
         self.pending[rows] = False
-        self.searched += rows.size
         self._refresh(self.group[rows])
 
     def _candidates(self, want: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -199,12 +194,11 @@ class _BoundedKCenter(coreset._KCenter):
                 return idx, vals, tau
             self._search_bank(todo)
 
-    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None,
-            seeded: bool = False) -> np.ndarray:
+    def run(self, k: int, start: int, fixed: np.ndarray | None = None, initial: np.ndarray | None = None) -> np.ndarray:
         if fixed is not None:
             raise ConfigError("the bounded greedy takes initial distances, not fixed rows")
         selected = np.empty(k, dtype=np.int64)
-        if seeded:  # seed_with_bank set the running distances
+        if self.pending is not None:  # seed_with_bank set the running distances
             return self._loop(selected, k, 0)
         if initial is not None:
             self.mind[:] = np.maximum(initial[self.order].astype(np.float64), 0.0)
@@ -277,11 +271,16 @@ class _BoundedKCenter(coreset._KCenter):
         bounds = np.r_[heads, lo.size].tolist()
         for i, (a, b) in enumerate(zip(seg_lo, seg_hi)):
             q = pair_centre[bounds[i] : bounds[i + 1]]
-            part = self.y[a:b] @ weights[:, q]  # (rows, centres): -2 x.c
-            part += cen_sq[q]
-            best = part.min(axis=1) + self.head_sq[a:b]  # + |x|^2: the squared distance to the nearest centre
-            np.minimum(self.mind[a:b], np.maximum(best, 0.0), out=self.mind[a:b])
+            self._lower_slice(a, b, weights[:, q], cen_sq[q])
         return group_of[heads]
+
+    def _lower_slice(self, a: int, b: int, weights: np.ndarray, cen_sq: np.ndarray) -> None:
+        """mind[a:b] <- min(mind[a:b], squared distance to the nearest of some centres c), given weights = -2 c.T
+        (d, j) and cen_sq = |c|^2 (j,): one (rows x d) @ (d x j) product and a row minimum."""
+        part = self.y[a:b] @ weights  # (rows, centres): -2 x.c
+        part += cen_sq
+        best = part.min(axis=1) + self.head_sq[a:b]  # + |x|^2: the squared distance to the nearest centre
+        np.minimum(self.mind[a:b], np.maximum(best, 0.0), out=self.mind[a:b])
 
     def _refresh(self, groups: np.ndarray) -> None:
         """dmax of the given groups (repeats allowed) from mind."""

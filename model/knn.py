@@ -112,23 +112,18 @@ def search_excluding(
     return out_sq, out_ids
 
 
-def approximate_index(vectors: np.ndarray, seed: int, *, train_iterations: int = 4, cells_per_sqrt: float = 4.0,
-                      training_points_per_cell: int = 256) -> faiss.Index:
+def approximate_index(vectors: np.ndarray, seed: int, *, train_iterations: int = 4) -> faiss.Index:
     """A temporary IVF-Flat over vectors (M, D), for many one-off nearest-vector searches at a fraction of a flat
-    search's cost: about cells_per_sqrt x sqrt(M) cells (MIN_POINTS_PER_CELL training points each at least),
-    trained in `train_iterations` k-means iterations on up to training_points_per_cell points per cell (FAISS's
-    defaults: 10 and 256; 4 iterations cost a third and, on screw at 10 %, found the exact nearest vector for
-    99.98 % of the patches either way), a twelfth of the cells probed (4 to 16).
-    Fewer cells train faster and search slower: for a few queries against a large bank (the bounded greedy's
-    candidates), 1 x sqrt(M) cells on 64 points each train in a twelfth of the time (200 k vectors: 1.8 s, 23 s).
+    search's cost: about 4 sqrt(M) cells (MIN_POINTS_PER_CELL training points each at least), trained in
+    `train_iterations` k-means iterations (FAISS's default is 10; 4 cost a third and, on screw at 10 %, found the
+    exact nearest vector for 99.98 % of the patches either way), a twelfth of the cells probed (4 to 16).
     Its distance is exact to the vector it finds: a missed nearest vector can only overstate a distance."""
     vectors = as_f32(vectors)
     m, d = vectors.shape
-    nlist = int(max(1, min(cells_per_sqrt * np.sqrt(m), m // MIN_POINTS_PER_CELL)))
+    nlist = int(max(1, min(4 * np.sqrt(m), m // MIN_POINTS_PER_CELL)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
     index.cp.seed = seed
     index.cp.niter = train_iterations
-    index.cp.max_points_per_centroid = training_points_per_cell
     index.train(vectors)
     index.add(vectors)
     index.nprobe = int(min(16, max(4, nlist // 12), nlist))
