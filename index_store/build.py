@@ -30,6 +30,7 @@ greedy lost 16 % (bench/bench_coreset.py prints both).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -45,7 +46,7 @@ import numpy as np
 from imaging.decode import DEFAULT_MAX_PIXELS, iter_images
 from index_store import calibrate
 from index_store.metadata import SCHEMA_VERSION, IndexMetadata, Provenance
-from index_store.runtime import peak_rss_mb
+from index_store.runtime import heap_temporaries, peak_rss_mb
 from model import knn
 from model.calibration import DEFAULT_RULE
 from model.calibration import calibrate as threshold_from
@@ -78,6 +79,9 @@ class BuildOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     max_chunk_patches: int = 2_000_000  # patches held at once (x D x 4 bytes); more are reduced chunk by chunk
     progress: bool = True
+    # glibc: the stages after extraction keep their temporaries in the heap (index_store.runtime.heap_temporaries).
+    # For processes set by return_freed_memory (the builder CLI), which this then leaves as it found.
+    heap_after_extract: bool = False
 
 
 @dataclass(frozen=True)
@@ -241,7 +245,8 @@ def build_index(
         cal_images = [_relative(p, root) for p, _ in scored]
     else:
         ids = sample_ids(len(streamed.used), options.calibration_images, config.seed)
-        scores = calibrate.score_left_out(index, streamed, ids, config)
+        with _post_extract_heap(options):
+            scores = calibrate.score_left_out(index, streamed, ids, config)
         method, scored = "leave-one-image-out", []
         cal_images = [_relative(streamed.used[i][0], root) for i in ids]
     if len(scores) < MIN_CALIBRATION:
@@ -264,6 +269,12 @@ def build_index(
     return BuildResult(index=index, metadata=metadata, bank_image_ids=streamed.bank_image_ids, images=images,
                        stage_seconds=dict(stages.seconds),
                        bank_vectors=None if config.index.kind == "flat" else streamed.bank)
+
+
+def _post_extract_heap(options: BuildOptions):
+    """heap_temporaries around a numpy stage that runs after the extraction (single-pass coreset, leave-one-out
+    calibration), where options.heap_after_extract says so; else nothing."""
+    return heap_temporaries() if options.heap_after_extract else contextlib.nullcontext()
 
 
 def _chunk_rows(per_image: int, options: BuildOptions) -> int:
@@ -357,8 +368,9 @@ def _stream_coreset(train_paths, embedder, grid, config, options, on_skip, stage
                         f"sequential(chunks={n_chunks})")
     t = time.perf_counter()
     k = min(fill, max(MIN_BANK, int(round(config.coreset_ratio * n_seen))))
-    picked = select_coreset(buffer[:fill], k, mode=config.coreset_mode, projection_dim=config.projection_dim,
-                            seed=config.seed)
+    with _post_extract_heap(options):
+        picked = select_coreset(buffer[:fill], k, mode=config.coreset_mode, projection_dim=config.projection_dim,
+                                seed=config.seed)
     stages.add("coreset", time.perf_counter() - t)
     stages.done("coreset")
     return Streamed(buffer[picked], owner[picked], used, buffer[:fill], grid, n_seen, "single-pass")

@@ -178,6 +178,7 @@ def _check(args: argparse.Namespace) -> tuple[PatchCoreConfig, list[Path], Build
         name=args.name or args.out.name, device=args.device, batch_size=args.batch_size,
         calibration_images=args.calibration_images, calibration_paths=calibration, target_fpr=args.target_fpr,
         threshold_rule=args.threshold_rule, strict=args.strict, max_chunk_patches=args.max_chunk_patches, progress=not args.no_progress,
+        heap_after_extract=True,  # return_freed_memory above
     )
     return config, paths, options
 

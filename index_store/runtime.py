@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -125,16 +126,51 @@ def current_rss_mb() -> float:
     return 0.0
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+FREED_MEMORY_MMAP_THRESHOLD = 1 << 20  # return_freed_memory's: blocks above it are mmapped, and unmapped when freed
+_DEFAULT_TRIM_THRESHOLD = 128 << 10  # glibc's M_TRIM_THRESHOLD default
+
+
+def _glibc():
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
 def return_freed_memory() -> None:
     """glibc malloc: serve every block over 1 MiB with its own mmap, so that freeing it returns it to the system.
 
     By default glibc raises that threshold to the largest block freed so far (up to 32 MiB), after which the
     backbone's per-batch activations and the builder's temporaries stay in the heap once freed, and RSS only grows.
     Call once at process start (a no-op where glibc is not the allocator)."""
-    import ctypes
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, FREED_MEMORY_MMAP_THRESHOLD)  # fixed: turns the dynamic adjustment off
 
+
+@contextmanager
+def heap_temporaries(limit_mib: int = 64):
+    """Context, for a process set by return_freed_memory: blocks up to limit_mib come from glibc's heap and stay there
+    once freed, for the next ones; on exit return_freed_memory's setting is back and malloc_trim hands the heap's free
+    memory to the system.
+
+    For the numpy stages after extraction (coreset, calibration): rounds of 1-30 MB temporaries that, each a fresh
+    mmap under the 1 MiB threshold, are page-faulted in every time. The greedy coreset ran 20-30 % slower that way
+    (screw at 10 %, one process, alternating: 4.6-6.1 s against 3.8-4.1 s; cookies 1.15-1.85 s against 0.88-1.29 s).
+    The extraction keeps the 1 MiB threshold: its per-batch activations are what made RSS grow."""
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, limit_mib << 20)
+    libc.mallopt(_M_TRIM_THRESHOLD, 2 * limit_mib << 20)  # freed blocks at the heap's top are kept, not trimmed
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: a fixed value also turns the dynamic adjustment off
-    except (OSError, AttributeError):
-        pass
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_THRESHOLD, FREED_MEMORY_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)
