@@ -244,7 +244,9 @@ class _BoundedKCenter(coreset._KCenter):
             block = int(block_of[i])
             if block not in blocks:  # (B, L) squared distances, float32
                 members = rank[block * _AMONG_BLOCK : (block + 1) * _AMONG_BLOCK]
-                dist = yc[members] @ (-2.0 * yc.T)
+                scaled = yc[members]
+                scaled *= -2.0  # the block's rows, not all L: a power of two, so the same bits either way
+                dist = scaled @ yc.T
                 dist += sq[None, :]
                 dist += sq[members, None]
                 blocks[block] = np.maximum(dist, 0.0, out=dist)

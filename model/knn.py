@@ -179,7 +179,9 @@ class CellSearch:
                 if a == b:
                     continue
                 q = who[heads[c] : heads[c + 1]]
-                part = queries[q] @ (-2.0 * self.vectors[a:b].T)
+                scaled = queries[q]  # a copy already: scaled in place instead of a scaled copy of the cell
+                scaled *= -2.0  # a power of two, so the same bits either way
+                part = scaled @ self.vectors[a:b].T
                 part += self.sq[a:b]
                 np.minimum.at(out, q, part.min(axis=1) + q_sq[q])  # a query probes a cell once: no repeats in q
         return np.maximum(out, 0.0)
